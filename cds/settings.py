@@ -1,0 +1,97 @@
+"""The one Settings object, read from VERITRACE_* variables.
+
+Each package declares the plain config it needs (DicomConfig, FhirConfig, ModelConfig, LedgerConfig,
+StoreConfig); this module is the only place that knows the environment variable names and the embedded
+defaults, so a single machine runs with no configuration at all and a cluster overrides a few URLs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from audit.config import LedgerConfig
+from integrations.fhir.config import FhirConfig
+from model.config import ModelConfig
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from integrations.dicom.config import DicomConfig
+from integrations.store.config import StoreConfig
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VERITRACE_", extra="ignore")
+
+    home: Path = Path("var")
+    database_url: str | None = None
+    broker_url: str | None = None
+    fhir_base_url: str | None = None
+    fhir_timeout_s: float = 10.0
+    model_path: Path | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    public_base_url: str | None = None
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    dicom_ae_title: str = "VERITRACE"
+    dicom_allowed_calling_aets: list[str] = Field(default_factory=list)
+    stable_age: float = 5.0
+    spool_dir: Path | None = None
+    cds_issuers_file: Path | None = None
+    cors_origins: list[str] = Field(default_factory=list)
+    ledger_origin: str = "veritrace.local/ledger"
+    ledger_anchor_url: str | None = None
+
+    @property
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_home / 'veritrace.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        # kombu's SQLAlchemy transport: a durable embedded broker with no server to run.
+        return self.broker_url or f"sqla+sqlite:///{self.resolved_home / 'broker.db'}"
+
+    @property
+    def resolved_model_path(self) -> Path:
+        return self.model_path or self.resolved_home / "models" / "tiny-qwen2_5_vl"
+
+    @property
+    def resolved_public_base_url(self) -> str:
+        return self.public_base_url or f"http://{self.api_host}:{self.api_port}"
+
+    def store_config(self) -> StoreConfig:
+        return StoreConfig(database_url=self.resolved_database_url)
+
+    def dicom_config(self) -> DicomConfig:
+        return DicomConfig(
+            ae_title=self.dicom_ae_title,
+            host=self.dicom_host,
+            port=self.dicom_port,
+            spool_dir=self.spool_dir or self.resolved_home / "spool",
+            stable_age_s=self.stable_age,
+            allowed_calling_aets=self.dicom_allowed_calling_aets,
+        )
+
+    def fhir_config(self) -> FhirConfig:
+        return FhirConfig(base_url=self.fhir_base_url, timeout_s=self.fhir_timeout_s)
+
+    def model_settings(self) -> ModelConfig:
+        return ModelConfig(path=self.resolved_model_path)
+
+    def ledger_config(self) -> LedgerConfig:
+        home = self.resolved_home
+        return LedgerConfig(
+            origin=self.ledger_origin,
+            key_dir=home / "keys",
+            anchor_dir=home / "anchor",
+            anchor_url=self.ledger_anchor_url,
+        )
+
+    def ensure_home(self) -> None:
+        """Create the var/ tree with owner-only permissions: it holds PHI (spool) and signing keys."""
+        for path in (self.resolved_home, self.dicom_config().spool_dir):
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)

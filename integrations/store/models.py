@@ -1,0 +1,142 @@
+"""SQLAlchemy models for everything Veritrace keeps outside the audit ledger.
+
+Studies and instances are the DICOM index; analyses are versioned per study content (one per distinct
+content digest, so a late instance makes a new version instead of being lost); reports, cards and feedback
+are what the CDS side reads and writes. The audit ledger owns its own tables (package `audit`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # receiving -> stable (queued) ; a later instance sets it back to receiving.
+    state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    instances: Mapped[list[Instance]] = relationship(back_populates="study")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    __table_args__ = (UniqueConstraint("sop_instance_uid", "sha256", name="uq_instance_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    # Relative to the spool root; never derived from raw UIDs.
+    spool_path: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # Same SOP Instance UID received before with different bytes: both kept, flagged.
+    conflict: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    study: Mapped[Study] = relationship(back_populates="instances")
+
+
+class Analysis(Base):
+    __tablename__ = "analyses"
+    __table_args__ = (UniqueConstraint("study_id", "content_digest", name="uq_analysis_content"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    content_digest: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    # queued -> running -> completed | failed
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    model_identity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    trace: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    study: Mapped[Study] = relationship()
+
+
+class Report(Base):
+    __tablename__ = "reports"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    analysis_id: Mapped[str] = mapped_column(ForeignKey("analyses.id"), unique=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    # draft (our preliminary) | superseded (a newer analysis or a final report replaced it)
+    status: Mapped[str] = mapped_column(String(16), default="draft", index=True)
+    severity: Mapped[str] = mapped_column(String(16), default="normal")
+    summary: Mapped[str] = mapped_column(String(200))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    markdown: Mapped[str] = mapped_column(Text)
+    untrained_model: Mapped[bool] = mapped_column(Boolean, default=False)
+    fhir_report_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    analysis: Mapped[Analysis] = relationship()
+
+
+class Card(Base):
+    __tablename__ = "cards"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    service_id: Mapped[str] = mapped_column(String(64), index=True)
+    hook_instance: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    report_id: Mapped[str | None] = mapped_column(ForeignKey("reports.id"))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    card_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    service_id: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    override_reason: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    accepted_suggestions: Mapped[list[Any] | None] = mapped_column(JSON)
+    outcome_timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SeenJwtId(Base):
+    """CDS client `jti` values seen until their token expires: the replay cache shared by API replicas."""
+
+    __tablename__ = "cds_seen_jti"
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
