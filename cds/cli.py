@@ -1,0 +1,142 @@
+"""`veritrace`: one CLI for every process kind. It is the composition root; see cds/composition.py."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Annotated
+
+import typer
+
+from cds.composition import Components
+from cds.settings import Settings
+
+app = typer.Typer(help="Veritrace: CDS Hooks + DICOM + a tool-grounded VLM with a verifiable audit log.")
+db_app = typer.Typer(help="Database schema.")
+app.add_typer(db_app, name="db")
+
+
+def _components() -> Components:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return Components(Settings())
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database (store and audit ledger). Safe to run repeatedly."""
+    components = _components()
+    components.prepare_storage()
+    typer.echo(f"database at head: {components.engine.url.render_as_string(hide_password=True)}")
+
+
+@app.command()
+def api() -> None:
+    """CDS Hooks, audit API and STOW-RS: run N of these behind a load balancer."""
+    from cds.processes import build_api_server
+
+    components = _components()
+    components.prepare_storage()
+    build_api_server(components).run()
+
+
+@app.command()
+def dicom() -> None:
+    """Storage SCP and stable-study assembly."""
+    from cds.processes import dicom_gateway
+
+    components = _components()
+    components.prepare_storage()
+    with dicom_gateway(components):
+        settings = components.settings
+        typer.echo(
+            f"DICOM SCP {settings.dicom_ae_title} listening on {settings.dicom_host}:{settings.dicom_port}"
+        )
+        _wait_for_signal()
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option("-Q", "--queues", help="Comma-separated: gpu, io")] = "gpu,io",
+    concurrency: Annotated[int, typer.Option("-c", "--concurrency")] = 1,
+) -> None:
+    """A Celery worker; on `gpu` it loads the model once at start and keeps it."""
+    components = _components()
+    components.prepare_storage()
+    components.install_worker_runtime()
+    if "gpu" in queues.split(","):
+        from integrations.worker_runtime import get_runtime
+
+        identity = get_runtime().vlm().identity
+        typer.echo(f"model loaded: {identity.architecture} ({identity.dtype}, {identity.attention})")
+    components.celery.worker_main(
+        [
+            "worker",
+            "-Q",
+            queues,
+            "--pool",
+            "threads",
+            "-c",
+            str(concurrency),
+            "-n",
+            f"veritrace-{queues.replace(',', '-')}@%h",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@app.command()
+def serve() -> None:
+    """Everything on one machine: API, DICOM SCP and one worker (SQLite + embedded broker by default)."""
+    from cds.demo_model import ensure_demo_model
+    from cds.processes import api_in_background, dicom_gateway, worker_subprocess
+
+    components = _components()
+    components.prepare_storage()
+    ensure_demo_model(components.settings)
+    settings = components.settings
+    with worker_subprocess(), dicom_gateway(components), api_in_background(components):
+        typer.echo(
+            f"Veritrace serving: CDS Hooks http://{settings.api_host}:{settings.api_port}/cds-services, "
+            f"DICOM {settings.dicom_ae_title}@{settings.dicom_host}:{settings.dicom_port}"
+        )
+        _wait_for_signal()
+
+
+@app.command()
+def demo(
+    keep_running: Annotated[bool, typer.Option("--keep-running", help="Leave the services up")] = False,
+) -> None:
+    """Run the whole path once: synthetic patients, a CT study over DICOM, the draft, the card, the trace."""
+    from cds.demo import run_demo
+
+    raise typer.Exit(run_demo(Settings(), keep_running=keep_running))
+
+
+def _mount_subcommands() -> None:
+    from audit.cli import build_audit_cli
+    from model.cli import build_model_cli
+
+    def open_ledger():  # type: ignore[no-untyped-def]
+        components = _components()
+        components.prepare_storage()
+        return components.ledger
+
+    app.add_typer(build_audit_cli(open_ledger, lambda: Settings().ledger_config()), name="audit")
+    app.add_typer(build_model_cli(), name="model")
+
+
+_mount_subcommands()
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,72 @@
+"""The composition root: builds the process's objects from Settings and hands them down.
+
+Nothing below `cds` reads the environment; every process kind (`serve`, `api`, `dicom`, `worker`, `demo`)
+assembles the same few objects here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+
+from celery import Celery
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from audit import Ledger
+from cds.settings import Settings
+from integrations.celery_app import ANALYSE_TASK, WRITEBACK_TASK, make_celery
+from integrations.store.engine import make_engine, make_session_factory
+from integrations.store.migrate import upgrade_database
+from integrations.worker_runtime import WorkerRuntime, install_runtime_factory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Components:
+    settings: Settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.store_config())
+
+    @cached_property
+    def session_factory(self) -> sessionmaker[Session]:
+        return make_session_factory(self.engine)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(self.engine, self.settings.ledger_config())
+
+    @cached_property
+    def celery(self) -> Celery:
+        return make_celery(self.settings.resolved_broker_url)
+
+    def prepare_storage(self) -> None:
+        """Create var/, migrate the database and make sure the ledger can sign checkpoints."""
+        self.settings.ensure_home()
+        upgrade_database(self.engine)
+        from audit.keys import ensure_signing_key
+
+        ensure_signing_key(self.settings.ledger_config())
+
+    def enqueue_analysis(self, analysis_id: str) -> None:
+        self.celery.send_task(ANALYSE_TASK, args=[analysis_id], queue="gpu")
+
+    def enqueue_writeback(self, report_id: str) -> None:
+        self.celery.send_task(WRITEBACK_TASK, args=[report_id], queue="io")
+
+    def worker_runtime(self) -> WorkerRuntime:
+        return WorkerRuntime(
+            session_factory=self.session_factory,
+            ledger=self.ledger,
+            fhir=self.settings.fhir_config(),
+            model=self.settings.model_settings(),
+            spool_dir=self.settings.dicom_config().spool_dir,
+            enqueue_writeback=self.enqueue_writeback,
+        )
+
+    def install_worker_runtime(self) -> None:
+        install_runtime_factory(self.worker_runtime)

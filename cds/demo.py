@@ -1,0 +1,148 @@
+"""`veritrace demo`: one study travels the whole path on real parts, and the output says what happened.
+
+A real FHIR server with synthetic patients, a real DICOM association into our SCP, a real Celery worker
+process running a tiny untrained VLM, a signed CDS Hooks call, and the audit ledger verified at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from pydicom import dcmread
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.panel import Panel
+from rich.table import Table
+from sqlalchemy import select
+
+from cds.composition import Components
+from cds.demo_ehr import DemoEhr
+from cds.demo_model import ensure_demo_model
+from cds.demo_study import build_demo_ct_study, send_study
+from cds.settings import Settings
+from integrations.store.models import Analysis, Report, Study
+
+DEMO_PATIENT = "vt-demo-1"
+WAIT_FOR_DRAFT_S = 300.0
+
+
+@contextmanager
+def _step(console: Console, text: str) -> Iterator[None]:
+    started = time.perf_counter()
+    with console.status(text):
+        yield
+    console.print(f"[green]✓[/] {text} [dim]({time.perf_counter() - started:.1f} s)[/]")
+
+
+def _wait_for_report(components: Components, study_uid: str, timeout_s: float) -> Report:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with components.session_factory() as session:
+            report = session.scalar(
+                select(Report).where(Report.study_uid == study_uid, Report.status == "draft")
+            )
+            failed = session.scalar(
+                select(Analysis.error)
+                .join(Study, Analysis.study_id == Study.id)
+                .where(Study.study_uid == study_uid, Analysis.status == "failed")
+            )
+        if report is not None and report.fhir_report_id:
+            return report
+        if failed:
+            raise RuntimeError(f"analysis failed: {failed}")
+        time.sleep(0.5)
+    raise TimeoutError(f"no draft report within {timeout_s:.0f} s")
+
+
+def _print_card(console: Console, response: dict[str, Any]) -> None:
+    for card in response.get("cards", []):
+        body = f"[b]{card['summary']}[/b]\n\n{card.get('detail', '')}"
+        links = "\n".join(f"→ {link['label']}: {link['url']}" for link in card.get("links", []))
+        console.print(
+            Panel(f"{body}\n\n{links}", title=f"CDS card · {card['indicator']} · {card['source']['label']}")
+        )
+
+
+def _print_trace(console: Console, components: Components, study_uid: str) -> None:
+    table = Table(title="Audit ledger entries for this study", show_lines=False)
+    for column in ("index", "kind", "actor", "leaf hash"):
+        table.add_column(column)
+    ledger = components.ledger
+    for index in range(ledger.size()):
+        entry = ledger.entry(index)
+        if entry.study_uid == study_uid or entry.kind.startswith("cds."):
+            table.add_row(str(index), entry.kind, entry.actor, entry.leaf_hash[:16] + "…")
+    console.print(table)
+
+
+def run_demo(settings: Settings, *, keep_running: bool = False) -> int:
+    from cds.processes import api_in_background, dicom_gateway, worker_subprocess
+    from integrations.fhir.client import FhirClient
+    from integrations.fhir.server import LocalFhirServer
+    from integrations.fhir.synthetic import generate_patients, load_synthetic_patients
+
+    console = Console()
+    console.print(
+        Panel(
+            "This demo runs a [b]tiny, randomly initialised (untrained) model[/b]. Its text is noise and is "
+            "labelled as such; the point is the path: DICOM → analysis → FHIR → CDS card → audit ledger.",
+            title="Veritrace demo",
+        )
+    )
+    components = Components(settings)
+    with ExitStack() as stack:
+        with _step(console, f"Prepared {settings.resolved_home} (database, ledger key)"):
+            components.prepare_storage()
+        with _step(console, "Model ready (tiny untrained qwen2_5_vl)"):
+            ensure_demo_model(settings)
+        fhir_dir = settings.resolved_home / "fhir"
+        with _step(console, "FHIR R4 server started (sekmet-fhir)"):
+            fhir = stack.enter_context(LocalFhirServer(fhir_dir))
+        # The worker subprocess and this process must both see the demo's FHIR server and CDS client.
+        os.environ["VERITRACE_FHIR_BASE_URL"] = fhir.base_url
+        ehr = DemoEhr.create(settings)
+        os.environ["VERITRACE_CDS_ISSUERS_FILE"] = str(ehr.issuers_file)
+        settings = Settings()
+        components = Components(settings)
+        with _step(console, "Synthetic patients loaded"), FhirClient(fhir.base_url) as client:
+            ids = load_synthetic_patients(client, generate_patients())
+        console.print(f"  patients: {', '.join(ids)}")
+        with _step(console, "Worker process started (queues gpu, io)"):
+            stack.enter_context(worker_subprocess())
+        with _step(console, f"DICOM SCP {settings.dicom_ae_title} listening on port {settings.dicom_port}"):
+            stack.enter_context(dicom_gateway(components))
+        with _step(console, f"CDS Hooks API on {settings.resolved_public_base_url}"):
+            stack.enter_context(api_in_background(components))
+        study_dir = settings.resolved_home / "demo-study"
+        paths = build_demo_ct_study(study_dir, patient_id=DEMO_PATIENT)
+        study_uid = str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+        with _step(console, f"Sent a {len(paths)}-slice CT study over DICOM (C-STORE)"):
+            accepted = send_study(
+                paths, host=settings.dicom_host, port=settings.dicom_port, called_ae=settings.dicom_ae_title
+            )
+            if accepted != len(paths):
+                raise RuntimeError(f"SCP accepted {accepted} of {len(paths)} instances")
+        with _step(console, f"Study stable after {settings.stable_age:g} s, analysed, draft written to FHIR"):
+            report = _wait_for_report(components, study_uid, WAIT_FOR_DRAFT_S)
+        console.print(f"  DiagnosticReport/{report.fhir_report_id} (status preliminary) on {fhir.base_url}")
+        with _step(console, "patient-view hook fired with a signed CDS client JWT"):
+            response = ehr.call_patient_view(settings, DEMO_PATIENT, fhir.base_url)
+        _print_card(console, response)
+        console.print(Markdown(report.markdown))
+        _print_trace(console, components, study_uid)
+        with _step(console, "Audit ledger verified from the database against the latest checkpoint"):
+            components.ledger.checkpoint()
+            components.ledger.verify()
+        console.print("[b green]Demo complete.[/]")
+        if keep_running:
+            console.print("Services stay up; press Ctrl-C to stop.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    return 0

@@ -1,0 +1,84 @@
+"""Long-running pieces a command starts: the API server, the DICOM gateway and a Celery worker.
+
+`serve` and `demo` run all three on one machine; the scale-out commands run one each.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from cds.composition import Components
+
+
+def build_api_server(components: Components) -> uvicorn.Server:
+    from cds.app import create_app
+
+    settings = components.settings
+    app = create_app(settings, session_factory=components.session_factory, ledger=components.ledger)
+    config = uvicorn.Config(
+        app, host=settings.api_host, port=settings.api_port, log_level="warning", access_log=False
+    )
+    return uvicorn.Server(config)
+
+
+@contextmanager
+def api_in_background(components: Components) -> Iterator[uvicorn.Server]:
+    server = build_api_server(components)
+    thread = threading.Thread(target=server.run, name="api", daemon=True)
+    thread.start()
+    try:
+        while not server.started and thread.is_alive():
+            threading.Event().wait(0.05)
+        if not server.started:
+            raise RuntimeError(f"API server failed to start on port {components.settings.api_port}")
+        yield server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextmanager
+def dicom_gateway(components: Components) -> Iterator[None]:
+    """Storage SCP plus the stable-study tracker that queues each study once it goes quiet."""
+    from integrations.dicom.scp import StorageScp
+    from integrations.dicom.stability import StableStudyTracker
+
+    config = components.settings.dicom_config()
+    scp = StorageScp(config, components.session_factory, components.ledger)
+    tracker = StableStudyTracker(
+        components.session_factory, components.ledger, config.stable_age_s, components.enqueue_analysis
+    )
+    tracker.requeue_pending()
+    stop = threading.Event()
+    thread = threading.Thread(target=tracker.run, args=(stop,), name="stable-study-tracker", daemon=True)
+    scp.start()
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        scp.stop()
+        thread.join(timeout=10)
+
+
+@contextmanager
+def worker_subprocess(queues: str = "gpu,io") -> Iterator[subprocess.Popen[bytes]]:
+    """A separate worker process (same environment), so the model never shares the API's interpreter."""
+    command = [sys.executable, "-m", "cds.cli", "worker", "-Q", queues]
+    process = subprocess.Popen(command, env=dict(os.environ))
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

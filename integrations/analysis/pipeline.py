@@ -1,0 +1,158 @@
+"""One analysis, from spooled instances to a stored draft report: the body of the `gpu` task.
+
+Idempotent on the analysis id: a redelivered message for a completed analysis does nothing, and a rerun of a
+half-done one replaces nothing that was already stored. Every step lands in the audit ledger; pixel data and
+patient details never do (only ids, digests and counts).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+
+from integrations.analysis.patient_context import read_context_for_study
+from integrations.analysis.report_markdown import overall_severity, render_report_markdown, summarise
+from integrations.dicom.study_files import study_instance_paths
+from integrations.store.models import Analysis, Report, Study
+from integrations.worker_runtime import WorkerRuntime
+from model.trace import TraceStep
+
+log = logging.getLogger(__name__)
+ACTOR = "veritrace-worker"
+
+
+def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
+    """Run one queued analysis; returns the stored report id, or None when there was nothing to do."""
+    from model.draft import draft_report
+    from model.imaging import load_model_image, select_images
+
+    with runtime.session_factory() as session:
+        analysis = session.get(Analysis, analysis_id)
+        if analysis is None:
+            log.warning("analysis %s not found; dropping the message", analysis_id)
+            return None
+        if analysis.status == "completed":
+            existing = session.scalar(select(Report.id).where(Report.analysis_id == analysis_id))
+            return existing
+        study = session.get(Study, analysis.study_id)
+        assert study is not None
+        analysis.status, analysis.started_at = "running", datetime.now(UTC)
+        analysis.attempts += 1
+        session.commit()
+        study_uid, dicom_patient_id = study.study_uid, study.patient_id
+        paths = study_instance_paths(session, analysis_id)
+
+    ledger = runtime.ledger
+    ledger.append(
+        "analysis.started",
+        ACTOR,
+        {"analysis_id": analysis_id, "instances": len(paths)},
+        study_uid=study_uid,
+    )
+    started = time.perf_counter()
+
+    chosen = select_images(paths, runtime.model.max_images)
+    images = [load_model_image(path) for path in chosen]
+    context, patient_ref = read_context_for_study(runtime, dicom_patient_id, study_uid)
+
+    def record_step(step: TraceStep) -> None:
+        steps.append(step.model_dump(mode="json"))
+
+    steps: list[dict[str, Any]] = []
+    vlm = runtime.vlm()
+    result = draft_report(vlm, images, context, step_sink=record_step)
+    identity = result.identity.model_dump(mode="json")
+    ledger.append(
+        "model.invoked",
+        ACTOR,
+        {
+            "analysis_id": analysis_id,
+            "model": identity,
+            "prompt_sha256": result.prompt_sha256,
+            "images": [image.ref.citation_id for image in images],
+            "evidence": [item.id for item in context.evidence],
+        },
+        patient_ref=patient_ref,
+        study_uid=study_uid,
+    )
+
+    report = result.report
+    markdown = render_report_markdown(
+        report,
+        study_uid=study_uid,
+        model_label=f"{identity['architecture']} ({identity['weights_sha256'][:12]})",
+    )
+    trace = {
+        "version": 1,
+        "analysis_id": analysis_id,
+        "model": identity,
+        "prompt_sha256": result.prompt_sha256,
+        "evidence": [item.model_dump(mode="json") for item in context.evidence],
+        "images": [image.ref.model_dump(mode="json") for image in images],
+        "steps": steps,
+        "report": report.model_dump(mode="json"),
+        "elapsed_s": round(time.perf_counter() - started, 3),
+    }
+    with runtime.session_factory() as session:
+        # A newer analysis of the same study supersedes every older draft of it.
+        session.execute(
+            update(Report)
+            .where(Report.study_uid == study_uid, Report.status == "draft")
+            .values(status="superseded")
+        )
+        stored = Report(
+            analysis_id=analysis_id,
+            patient_id=patient_ref.removeprefix("Patient/") if patient_ref else None,
+            study_uid=study_uid,
+            status="draft",
+            severity=overall_severity(report),
+            summary=summarise(report),
+            body=report.model_dump(mode="json"),
+            markdown=markdown,
+            untrained_model=report.untrained_model,
+        )
+        session.add(stored)
+        analysis = session.get(Analysis, analysis_id)
+        assert analysis is not None
+        analysis.status, analysis.completed_at = "completed", datetime.now(UTC)
+        analysis.model_identity, analysis.trace = identity, trace
+        session.commit()
+        report_id = stored.id
+
+    ledger.append(
+        "report.drafted",
+        ACTOR,
+        {
+            "analysis_id": analysis_id,
+            "report_id": report_id,
+            "severity": stored.severity,
+            "statements": len(report.findings) + len(report.impression),
+            "untrained_model": report.untrained_model,
+            "model_weights_sha256": identity["weights_sha256"],
+        },
+        patient_ref=patient_ref,
+        study_uid=study_uid,
+    )
+    ledger.append(
+        "analysis.completed",
+        ACTOR,
+        {"analysis_id": analysis_id, "report_id": report_id, "elapsed_s": trace["elapsed_s"]},
+        patient_ref=patient_ref,
+        study_uid=study_uid,
+    )
+    if runtime.enqueue_writeback is not None and patient_ref is not None:
+        runtime.enqueue_writeback(report_id)
+    return report_id
+
+
+def mark_failed(runtime: WorkerRuntime, analysis_id: str, reason: str) -> None:
+    with runtime.session_factory() as session:
+        analysis = session.get(Analysis, analysis_id)
+        if analysis is not None and analysis.status != "completed":
+            analysis.status, analysis.error = "failed", reason[:2000]
+            session.commit()
+    runtime.ledger.append("analysis.failed", ACTOR, {"analysis_id": analysis_id, "reason": reason[:200]})

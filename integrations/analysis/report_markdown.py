@@ -1,0 +1,48 @@
+"""The readable form of a draft report: what the card detail, the viewer and presentedForm show."""
+
+from __future__ import annotations
+
+from model.report import DraftReport, Statement
+
+UNTRAINED_BANNER = (
+    "> **Untrained model.** This draft was produced by randomly initialised test weights. "
+    "It is not a clinical finding."
+)
+
+
+def _statement_lines(statements: list[Statement]) -> list[str]:
+    if not statements:
+        return ["- (none)"]
+    lines = []
+    for statement in statements:
+        cites = ", ".join(statement.citations) or "no citation"
+        lines.append(f"- [{statement.severity.value}] {statement.text.strip()} _(evidence: {cites})_")
+    return lines
+
+
+def render_report_markdown(report: DraftReport, *, study_uid: str, model_label: str) -> str:
+    parts = ["# AI draft report (preliminary)", ""]
+    if report.untrained_model:
+        parts += [UNTRAINED_BANNER, ""]
+    parts += [f"Study: `{study_uid}`  ", f"Model: {model_label}", "", "## Findings"]
+    parts += _statement_lines(report.findings)
+    parts += ["", "## Impression"]
+    parts += _statement_lines(report.impression)
+    parts += ["", "_Preliminary AI draft for clinician review; sign-off belongs to the radiologist._"]
+    return "\n".join(parts) + "\n"
+
+
+SEVERITY_ORDER = ["normal", "minor", "moderate", "critical"]
+
+
+def overall_severity(report: DraftReport) -> str:
+    levels = [s.severity.value for s in (*report.findings, *report.impression)]
+    return max(levels, key=SEVERITY_ORDER.index) if levels else "normal"
+
+
+def summarise(report: DraftReport) -> str:
+    """Card summary: under 140 characters, as CDS Hooks requires."""
+    prefix = "AI draft (untrained model)" if report.untrained_model else "AI draft report"
+    first = (report.impression or report.findings or [None])[0]
+    text = f"{prefix}: {first.text.strip()}" if first is not None else f"{prefix} ready for review"
+    return text if len(text) <= 139 else text[:138] + "…"

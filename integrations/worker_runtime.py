@@ -1,0 +1,64 @@
+"""What a worker process holds across tasks: database, ledger, FHIR and the loaded model.
+
+The composition root (`cds/cli.py`) installs a factory before the worker starts; the runtime is built on
+first use inside the worker process (after any fork), and the model is loaded once and kept, so a GPU worker
+never reloads weights between studies.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from audit import Ledger
+from integrations.fhir.config import FhirConfig
+from model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from model.runtime import LoadedVlm
+
+
+@dataclass
+class WorkerRuntime:
+    session_factory: sessionmaker[Session]
+    ledger: Ledger
+    fhir: FhirConfig
+    model: ModelConfig
+    spool_dir: Path
+    enqueue_writeback: Callable[[str], None] | None = None
+    _vlm: LoadedVlm | None = field(default=None, repr=False)
+    _vlm_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def vlm(self) -> LoadedVlm:
+        with self._vlm_lock:
+            if self._vlm is None:
+                from model.runtime import load_vlm
+
+                self._vlm = load_vlm(self.model)
+            return self._vlm
+
+
+_factory: Callable[[], WorkerRuntime] | None = None
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def install_runtime_factory(factory: Callable[[], WorkerRuntime]) -> None:
+    global _factory, _runtime
+    with _runtime_lock:
+        _factory, _runtime = factory, None
+
+
+def get_runtime() -> WorkerRuntime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            if _factory is None:
+                raise RuntimeError("worker runtime not configured: start workers with `veritrace worker`")
+            _runtime = _factory()
+        return _runtime
