@@ -190,7 +190,7 @@ _PROFILES: tuple[dict[str, Any], ...] = (
 _MANIFESTATIONS = {"271807003": "Eruption of skin", "39579001": "Anaphylaxis"}
 
 
-def synthetic_patients(
+def generate_patients(
     count: int = 3, *, seed: int = DEFAULT_SEED, anchor: date = DEFAULT_ANCHOR
 ) -> list[SyntheticPatient]:
     """``count`` (1 to 3) patients ``vt-demo-1`` ... with their records; validated with fhir.resources.

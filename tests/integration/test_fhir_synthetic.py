@@ -13,7 +13,7 @@ import pytest
 from integrations.fhir import codes
 from integrations.fhir.client import FhirClient
 from integrations.fhir.server import LocalFhirServer
-from integrations.fhir.synthetic import SyntheticPatient, load_synthetic_patients, synthetic_patients
+from integrations.fhir.synthetic import SyntheticPatient, generate_patients, load_synthetic_patients
 from tests.fhir_fixtures import fhir_client, fhir_server  # noqa: F401  (fixtures)
 
 
@@ -22,20 +22,20 @@ def _loinc_codes(patient: SyntheticPatient) -> list[str]:
 
 
 def test_same_arguments_give_identical_resources_in_another_process() -> None:
-    here = json.dumps([p.resources for p in synthetic_patients()], sort_keys=True)
+    here = json.dumps([p.resources for p in generate_patients()], sort_keys=True)
     script = (
-        "import json; from integrations.fhir.synthetic import synthetic_patients; "
-        "print(json.dumps([p.resources for p in synthetic_patients()], sort_keys=True))"
+        "import json; from integrations.fhir.synthetic import generate_patients; "
+        "print(json.dumps([p.resources for p in generate_patients()], sort_keys=True))"
     )
     there = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert here == there
-    assert json.dumps([p.resources for p in synthetic_patients(seed=1)], sort_keys=True) != here
+    assert json.dumps([p.resources for p in generate_patients(seed=1)], sort_keys=True) != here
 
 
 def test_ids_are_stable_and_unique() -> None:
-    patients = synthetic_patients()
+    patients = generate_patients()
     assert [p.patient_id for p in patients] == ["vt-demo-1", "vt-demo-2", "vt-demo-3"]
     keys = [(r["resourceType"], r["id"]) for p in patients for r in p.resources]
     assert len(keys) == len(set(keys))
@@ -45,7 +45,7 @@ def test_ids_are_stable_and_unique() -> None:
 
 
 def test_clinical_content_covers_the_checks() -> None:
-    kidney, pregnant, anticoagulated = synthetic_patients()
+    kidney, pregnant, anticoagulated = generate_patients()
     egfr = [
         o for o in kidney.of_type("Observation") if o["code"]["coding"][0]["code"] in ("62238-1", "33914-3")
     ]
@@ -70,17 +70,17 @@ def test_clinical_content_covers_the_checks() -> None:
 
 def test_bad_count_is_refused() -> None:
     with pytest.raises(ValueError, match="count"):
-        synthetic_patients(0)
+        generate_patients(0)
 
 
 def test_load_twice_writes_nothing_the_second_time(fhir_client: FhirClient) -> None:
-    patients = synthetic_patients()
+    patients = generate_patients()
     assert load_synthetic_patients(fhir_client, patients) == ["vt-demo-1", "vt-demo-2", "vt-demo-3"]
     first = {
         o["id"]: o["meta"]["versionId"]
         for o in fhir_client.search("Observation", {"patient": "vt-demo-1", "_count": "100"})
     }
-    load_synthetic_patients(fhir_client, synthetic_patients())
+    load_synthetic_patients(fhir_client, generate_patients())
     again = fhir_client.search("Observation", {"patient": "vt-demo-1", "_count": "100"})
     assert {o["id"]: o["meta"]["versionId"] for o in again} == first
     assert len(again) == len(patients[0].of_type("Observation"))
@@ -89,7 +89,7 @@ def test_load_twice_writes_nothing_the_second_time(fhir_client: FhirClient) -> N
 
 def test_load_rewrites_only_what_changed(tmp_path: Path) -> None:
     with LocalFhirServer(tmp_path / "srv") as server, FhirClient(server.base_url) as client:
-        (patient,) = synthetic_patients(1)
+        (patient,) = generate_patients(1)
         load_synthetic_patients(client, [patient])
         changed_patient = {**patient.resources[0], "gender": "other"}
         edited = SyntheticPatient(patient.patient_id, (changed_patient, *patient.resources[1:]))

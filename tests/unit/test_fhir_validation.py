@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from integrations.fhir.errors import FhirValidationError
-from integrations.fhir.synthetic import synthetic_patients
+from integrations.fhir.synthetic import generate_patients
 from integrations.fhir.validation import validate_resource
 
 
 def test_every_synthetic_resource_validates() -> None:
-    resources = [r for p in synthetic_patients() for r in p.resources]
+    resources = [r for p in generate_patients() for r in p.resources]
     assert len(resources) > 90
     for resource in resources:
         validate_resource(resource)
