@@ -63,6 +63,8 @@ class Instance(Base):
     # Same SOP Instance UID received before with different bytes: both kept, flagged.
     conflict: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Added by 0002: routing rules select on body part as well as modality and SOP class.
+    body_part: Mapped[str | None] = mapped_column(String(64))
 
     study: Mapped[Study] = relationship(back_populates="instances")
 
@@ -140,3 +142,33 @@ class SeenJwtId(Base):
 
     key: Mapped[str] = mapped_column(String(512), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class AnalysisInstance(Base):
+    """Exactly which instance versions an analysis covers (0002), so a late instance never leaks into it."""
+
+    __tablename__ = "analysis_instances"
+
+    analysis_id: Mapped[str] = mapped_column(ForeignKey("analyses.id"), primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), primary_key=True)
+
+
+class SrExport(Base):
+    """One DICOM SR sent (or being sent) back to one PACS destination (0002); retried with backoff."""
+
+    __tablename__ = "sr_exports"
+    __table_args__ = (UniqueConstraint("analysis_id", "destination", name="uq_sr_export_destination"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    analysis_id: Mapped[str] = mapped_column(ForeignKey("analyses.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    # Relative to the spool root, like Instance.spool_path.
+    spool_path: Mapped[str] = mapped_column(String(255))
+    # pending -> sent | failed (permanent: attempts exhausted or refused for good)
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,140 @@
+"""The spool: received DICOM files, content-addressed by SHA-256, written atomically.
+
+Why content addressing: file names must never come from raw UIDs (they are attacker-controlled and may
+carry PHI-like structure), a duplicate with the same bytes lands on the same path (so no second copy), and
+a different version of the same SOP Instance UID gets its own path (so both are kept). Files are hashed
+while written, fsynced, then renamed into place; a crash leaves at most a stray file under `tmp/`, which
+`sweep_tmp` removes at start-up. Nothing under `objects/` is ever deleted by the gateway.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SpooledFile:
+    """A file now in the spool: where (relative to the root), its digest and its size."""
+
+    relative_path: str
+    sha256: str
+    size_bytes: int
+    already_present: bool
+
+
+class Spool:
+    """Content-addressed file store under one root directory."""
+
+    def __init__(self, root: Path, *, min_free_bytes: int = 0, fsync: bool = True) -> None:
+        self.root = root.resolve()
+        self.min_free_bytes = min_free_bytes
+        self.fsync = fsync
+        self.objects_dir = self.root / "objects"
+        self.tmp_dir = self.root / "tmp"
+        for path in (self.root, self.objects_dir, self.tmp_dir):
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def has_room(self) -> bool:
+        """False below the free-space watermark: the SCP then answers 0xA700 rather than fill the disk."""
+        return shutil.disk_usage(self.root).free >= self.min_free_bytes
+
+    def absolute(self, relative_path: str) -> Path:
+        """Requires a path produced by this spool; anything escaping the root raises ValueError."""
+        path = (self.root / relative_path).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"spool path {relative_path!r} escapes the spool root")
+        return path
+
+    def adopt(self, temp_path: Path) -> SpooledFile:
+        """Move a finished file (e.g. pynetdicom's chunked-receive temp file) into the spool.
+
+        The source is renamed when it is on the spool's filesystem, copied otherwise; either way the
+        source no longer needs to exist afterwards (the caller may still try to delete it).
+        """
+        digest, size = _hash_file(temp_path)
+        relative, target = self._object_path(digest)
+        if target.exists():
+            return SpooledFile(relative, digest, size, already_present=True)
+        if self.fsync:
+            _fsync_path(temp_path)
+        try:
+            os.replace(temp_path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            with temp_path.open("rb") as source:
+                return self._write_from(iter(lambda: source.read(_CHUNK), b""))
+        return SpooledFile(relative, digest, size, already_present=False)
+
+    def write_stream(self, chunks: Iterable[bytes]) -> SpooledFile:
+        """Write bytes arriving in pieces (STOW-RS parts, generated SR), hashing as they are written."""
+        return self._write_from(chunks)
+
+    def sweep_tmp(self) -> int:
+        """Remove leftovers of writes interrupted by a crash; returns how many were removed."""
+        removed = 0
+        for leftover in self.tmp_dir.iterdir():
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def _write_from(self, chunks: Iterable[bytes]) -> SpooledFile:
+        temp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        hasher = hashlib.sha256()
+        size = 0
+        try:
+            with temp.open("wb") as out:
+                for chunk in chunks:
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                _flush(out, self.fsync)
+            digest = hasher.hexdigest()
+            relative, target = self._object_path(digest)
+            if target.exists():
+                return SpooledFile(relative, digest, size, already_present=True)
+            os.replace(temp, target)
+            return SpooledFile(relative, digest, size, already_present=False)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def _object_path(self, digest: str) -> tuple[str, Path]:
+        relative = f"objects/{digest[:2]}/{digest[2:4]}/{digest}.dcm"
+        target = self.root / relative
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return relative, target
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    hasher = hashlib.sha256()
+    size = 0
+    with path.open("rb") as source:
+        while chunk := source.read(_CHUNK):
+            hasher.update(chunk)
+            size += len(chunk)
+    return hasher.hexdigest(), size
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _flush(out: BinaryIO, fsync: bool) -> None:
+    out.flush()
+    if fsync:
+        os.fsync(out.fileno())

@@ -1,0 +1,97 @@
+"""Spool (content addressing, atomic adopt, watermark) and header parsing (truncation, garbage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+from integrations.dicom.header import UnreadableDataset, read_instance_header
+from integrations.dicom.spool import Spool
+from integrations.dicom.synthetic import make_image, write_part10
+
+
+def test_adopt_moves_file_under_its_digest_and_repeat_is_not_a_second_copy(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    source = write_part10(make_image(study_uid=generate_uid()), tmp_path / "in.dcm")
+    data = source.read_bytes()
+    first = spool.adopt(source)
+    assert not source.exists()
+    assert first.relative_path.endswith(f"{first.sha256}.dcm")
+    assert spool.absolute(first.relative_path).read_bytes() == data
+    (tmp_path / "again.dcm").write_bytes(data)
+    second = spool.adopt(tmp_path / "again.dcm")
+    assert second.already_present and second.relative_path == first.relative_path
+    assert len(list((spool.root / "objects").rglob("*.dcm"))) == 1
+
+
+def test_file_names_never_contain_uids(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    ds = make_image(study_uid="1.2.3.4", sop_instance_uid="1.2.3.4.5.6")
+    spooled = spool.adopt(write_part10(ds, tmp_path / "x.dcm"))
+    assert "1.2.3.4" not in spooled.relative_path
+
+
+def test_absolute_refuses_paths_outside_the_root(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    with pytest.raises(ValueError, match="escapes"):
+        spool.absolute("../../etc/passwd")
+
+
+def test_watermark(tmp_path: Path) -> None:
+    assert Spool(tmp_path / "a", min_free_bytes=0).has_room()
+    assert not Spool(tmp_path / "b", min_free_bytes=2**62).has_room()
+
+
+def test_write_stream_hashes_while_writing_and_sweep_removes_leftovers(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    spooled = spool.write_stream([b"abc", b"def"])
+    assert spooled.sha256 == "bef57ec7f53a6d40beb640a780a639c83bc29ac8a9816f1fc6c5c6dcd93c4721"
+    assert spooled.size_bytes == 6
+    (spool.tmp_dir / "crashed.part").write_bytes(b"half")
+    assert spool.sweep_tmp() == 1
+
+
+def test_header_reads_index_attributes(tmp_path: Path) -> None:
+    study = generate_uid()
+    path = write_part10(make_image(study_uid=study, modality="CR", body_part="CHEST"), tmp_path / "i.dcm")
+    header = read_instance_header(path)
+    assert header.study_uid == study
+    assert header.modality == "CR" and header.body_part == "CHEST"
+    assert header.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+
+
+def test_truncated_native_pixel_data_is_unreadable(tmp_path: Path) -> None:
+    path = write_part10(make_image(study_uid=generate_uid()), tmp_path / "t.dcm")
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(UnreadableDataset, match="ends early"):
+        read_instance_header(path)
+
+
+def test_truncated_encapsulated_pixel_data_is_unreadable(tmp_path: Path) -> None:
+    ds = make_image(study_uid=generate_uid())
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([b"\xff\xd8" + b"\x00" * 998 + b"\xff\xd9"])
+    path = write_part10(ds, tmp_path / "e.dcm")
+    read_instance_header(path)  # complete: fine
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(UnreadableDataset):
+        read_instance_header(path)
+
+
+@pytest.mark.parametrize("body", [b"", b"garbage" * 50, b"\x00" * 128 + b"DICM" + b"\xff" * 300])
+def test_garbage_is_unreadable(tmp_path: Path, body: bytes) -> None:
+    path = tmp_path / "g.dcm"
+    path.write_bytes(body)
+    with pytest.raises(UnreadableDataset):
+        read_instance_header(path)
+
+
+def test_missing_study_uid_is_unreadable(tmp_path: Path) -> None:
+    ds = make_image(study_uid=generate_uid())
+    del ds.StudyInstanceUID
+    path = write_part10(ds, tmp_path / "m.dcm")
+    with pytest.raises(UnreadableDataset, match="StudyInstanceUID"):
+        read_instance_header(path)
