@@ -1,0 +1,151 @@
+"""The CDS Hooks 2.0 service: ``create_app`` builds the FastAPI app the API process serves.
+
+Routes: discovery ``GET /cds-services``, ``POST /cds-services/{id}``, ``POST
+/cds-services/{id}/feedback``, ``GET /healthz``, and the audit review API. Every error is an
+OperationOutcome with the status the spec implies (400 / 401 / 403 / 404 / 412); an unexpected failure
+is a 500 OperationOutcome without internals.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cds.client_auth.jti_replay import JtiReplayCache
+from cds.client_auth.jwks_cache import JwksCache
+from cds.client_auth.trusted_issuers import TrustedIssuers
+from cds.client_auth.verify import ClientTokenVerifier
+from cds.hook_audit import AuditLedger
+from cds.operation_outcome import CdsError, IssueCode, operation_outcome
+from cds.prefetch import PrefetchFetcher
+from cds.routes import discovery, feedback, health, services
+from cds.runtime import CdsRuntime
+from cds.service_catalog import RegisteredService, default_services
+from cds.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+
+
+def _setting(settings: Settings, name: str, default: Any) -> Any:
+    # Fields requested from the lead for cds/settings.py; until they land, the defaults apply.
+    return getattr(settings, name, default)
+
+
+def build_verifier(
+    settings: Settings, session_factory: sessionmaker[Session], http: httpx.AsyncClient
+) -> ClientTokenVerifier | None:
+    """None only when ``VERITRACE_CDS_REQUIRE_JWT=false`` was set explicitly."""
+    if not _setting(settings, "cds_require_jwt", True):
+        log.warning(
+            "CDS client JWT verification is OFF (VERITRACE_CDS_REQUIRE_JWT=false): embedded demo only"
+        )
+        return None
+    issuers_file: Path | None = settings.cds_issuers_file
+    if issuers_file is None:
+        log.warning("no VERITRACE_CDS_ISSUERS_FILE: every CDS client will be refused (403)")
+        issuers = TrustedIssuers({})
+    else:
+        issuers = TrustedIssuers.load(issuers_file)
+    return ClientTokenVerifier(
+        issuers,
+        JwksCache(http),
+        JtiReplayCache(session_factory),
+        leeway_s=float(_setting(settings, "cds_jwt_leeway_s", 30.0)),
+        max_age_s=float(_setting(settings, "cds_jwt_max_age_s", 300.0)),
+    )
+
+
+def _error(
+    status: int, code: IssueCode, diagnostics: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(operation_outcome(code, diagnostics), status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(CdsError)
+    async def cds_error(_request: Request, exc: CdsError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.diagnostics, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        locations = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
+        return _error(400, "invalid", "invalid request: " + ", ".join(locations[:5]))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code: IssueCode = (
+            "not-found"
+            if exc.status_code == 404
+            else "not-supported"
+            if exc.status_code == 405
+            else "processing"
+        )
+        return _error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected CDS error: %s", type(exc).__name__)
+        return _error(500, "exception", "internal error")
+
+
+def _mount_audit_api(app: FastAPI, ledger: AuditLedger) -> None:
+    if importlib.util.find_spec("audit.api") is None:
+        log.warning("audit review API (audit.api) is not installed yet; not mounted")
+        return
+    from audit.api import build_audit_router  # type: ignore[import-not-found,unused-ignore]
+
+    app.include_router(build_audit_router(lambda: ledger))
+
+
+def create_app(
+    settings: Settings,
+    *,
+    session_factory: sessionmaker[Session],
+    ledger: AuditLedger,
+    services_catalog: dict[str, RegisteredService] | None = None,
+) -> FastAPI:
+    """The CDS Hooks API. ``services_catalog`` defaults to every Veritrace service."""
+    http = httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(max_connections=100))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await http.aclose()
+
+    app = FastAPI(title="Veritrace CDS Hooks", version="2.0", lifespan=lifespan)
+    app.state.cds = CdsRuntime(
+        public_base_url=settings.resolved_public_base_url.rstrip("/"),
+        session_factory=session_factory,
+        ledger=ledger,
+        verifier=build_verifier(settings, session_factory, http),
+        fetcher=PrefetchFetcher(http, timeout_s=float(_setting(settings, "cds_prefetch_timeout_s", 2.0))),
+        services=services_catalog if services_catalog is not None else default_services(),
+        http=http,
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    _install_error_handlers(app)
+    for router in (discovery.router, services.router, feedback.router, health.router):
+        app.include_router(router)
+    _mount_audit_api(app, ledger)
+    return app

@@ -1,0 +1,139 @@
+"""One CDS service call from request to response (ARCHITECTURE "The path of one hook call").
+
+Service lookup (404) -> client JWT (401/403) -> body and context validation (400) -> prefetch (412 when
+it cannot be completed) -> cards -> stored cards + audit entry -> response. Every outcome, refusals
+included, is one ``cds.hook`` audit entry; nothing on this path waits for a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from anyio import to_thread
+from pydantic import BaseModel, ValidationError
+
+from cds.cards import CdsResponse
+from cds.client_auth.authenticate import authenticate
+from cds.hook_audit import actor_for, patient_ref_for
+from cds.hook_call import HookCall, HookOutcome
+from cds.hook_request import HookRequest
+from cds.operation_outcome import CdsError
+from cds.runtime import CdsRuntime
+from cds.service_catalog import RegisteredService
+from integrations.store.models import Card as StoredCard
+
+log = logging.getLogger(__name__)
+
+
+def validation_message(exc: ValidationError, prefix: str = "") -> str:
+    """Field paths and messages only: pydantic's ``input`` echo could carry patient data."""
+    problems = [
+        f"{prefix}{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" if error["loc"] else error["msg"]
+        for error in exc.errors(include_input=False, include_url=False)
+    ]
+    return "; ".join(problems[:5])
+
+
+def parse_hook_request(raw: bytes) -> HookRequest:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CdsError(400, "structure", "request body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise CdsError(400, "structure", "request body must be a JSON object")
+    try:
+        return HookRequest.model_validate(data)
+    except ValidationError as exc:
+        raise CdsError(400, "required", validation_message(exc)) from exc
+
+
+def validate_context(service: RegisteredService, request: HookRequest) -> BaseModel:
+    if request.hook != service.definition.hook:
+        raise CdsError(
+            400,
+            "not-supported",
+            f"service {service.definition.id} answers hook {service.definition.hook!r}, not {request.hook!r}",
+        )
+    try:
+        return service.context_model.model_validate(request.context)
+    except ValidationError as exc:
+        raise CdsError(400, "required", validation_message(exc, "context.")) from exc
+
+
+async def call_service(
+    runtime: CdsRuntime, service_id: str, path: str, authorization: str | None, raw: bytes
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    audit: dict[str, Any] = {"service": service_id}
+    issuer: str | None = None
+    patient_ref: str | None = None
+    try:
+        service = runtime.services.get(service_id)
+        if service is None:
+            raise CdsError(404, "not-found", f"no CDS service with id {service_id!r}")
+        client = await authenticate(runtime.verifier, authorization, runtime.audience(path))
+        issuer = client.iss if client else None
+        request = parse_hook_request(raw)
+        audit.update(hook=request.hook, hookInstance=request.hookInstance)
+        context = validate_context(service, request)
+        patient_ref = patient_ref_for(getattr(context, "patientId", None))
+        prefetch = await runtime.fetcher.resolve(request, service.definition.prefetch)
+        audit["prefetch"] = {"fetched": sorted(prefetch.fetched), "unavailable": prefetch.unavailable}
+        call = HookCall(
+            service_id=service_id,
+            request=request,
+            context=context,
+            prefetch=prefetch,
+            session_factory=runtime.session_factory,
+            public_base_url=runtime.public_base_url,
+            now=datetime.now(UTC),
+        )
+        response, outcome = await to_thread.run_sync(_build_and_store, runtime, service, call, patient_ref)
+    except CdsError as exc:
+        audit.update(status=exc.status, reason=exc.diagnostics)
+        await _audit(runtime, audit, issuer, patient_ref, started)
+        log.info("cds call refused: service=%s status=%s reason=%s", service_id, exc.status, exc.diagnostics)
+        raise
+    audit.update(status=200, cards=len(outcome.cards), cardUuids=[c.uuid for c in outcome.cards])
+    if outcome.skipped:
+        audit["skipped"] = outcome.skipped
+        log.warning("cds call degraded: service=%s reasons=%s", service_id, outcome.skipped)
+    await _audit(runtime, audit, issuer, patient_ref, started)
+    return response
+
+
+def _build_and_store(
+    runtime: CdsRuntime, service: RegisteredService, call: HookCall, patient_ref: str | None
+) -> tuple[dict[str, Any], HookOutcome]:
+    outcome = service.build_cards(call)
+    response = CdsResponse(cards=tuple(outcome.cards)).to_json()
+    if outcome.cards:
+        patient_id = getattr(call.context, "patientId", None)
+        with runtime.session_factory() as session:
+            session.add_all(
+                StoredCard(
+                    uuid=card["uuid"],
+                    service_id=call.service_id,
+                    hook_instance=call.request.hookInstance,
+                    patient_id=patient_id,
+                    report_id=outcome.card_reports.get(card["uuid"]),
+                    payload=card,
+                )
+                for card in response["cards"]
+            )
+            session.commit()
+    return response, outcome
+
+
+async def _audit(
+    runtime: CdsRuntime, payload: dict[str, Any], issuer: str | None, patient_ref: str | None, started: float
+) -> None:
+    payload["issuer"] = issuer
+    payload["latencyMs"] = round((time.perf_counter() - started) * 1000, 2)
+    await to_thread.run_sync(
+        lambda: runtime.ledger.append("cds.hook", actor_for(issuer), payload, patient_ref=patient_ref)
+    )

@@ -1,0 +1,1 @@
+"""FastAPI routers, one per resource: discovery, service calls, feedback, health."""

@@ -1,0 +1,49 @@
+"""``POST /cds-services/{service_id}``: call a CDS service.
+
+The body is read raw and parsed after the client is authenticated, so an unauthenticated caller learns
+nothing from validation errors; its schema is still published in OpenAPI for clients and fuzzers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+
+from cds.cards import CdsResponse
+from cds.hook_pipeline import call_service
+from cds.hook_request import HookRequest
+from cds.operation_outcome import OperationOutcome
+
+router = APIRouter(tags=["services"])
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": CdsResponse},
+    **{status: {"model": OperationOutcome} for status in (400, 401, 403, 404, 412)},
+}
+
+
+@router.post(
+    "/cds-services/{service_id}",
+    summary="Call a CDS service",
+    response_class=JSONResponse,
+    responses=RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": HookRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+                }
+            },
+        }
+    },
+)
+async def call(
+    service_id: str, request: Request, authorization: Annotated[str | None, Header()] = None
+) -> JSONResponse:
+    # Already the spec's wire form (no nulls); returned as is rather than re-validated.
+    body = await call_service(
+        request.app.state.cds, service_id, request.url.path, authorization, await request.body()
+    )
+    return JSONResponse(body)

@@ -1,0 +1,29 @@
+"""Everything a CDS request needs, built once per app by ``create_app`` and kept on ``app.state``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy.orm import Session, sessionmaker
+
+from cds.client_auth.verify import ClientTokenVerifier
+from cds.hook_audit import AuditLedger
+from cds.prefetch import PrefetchFetcher
+from cds.service_catalog import RegisteredService
+
+
+@dataclass
+class CdsRuntime:
+    public_base_url: str
+    session_factory: sessionmaker[Session]
+    ledger: AuditLedger
+    verifier: ClientTokenVerifier | None
+    """None only when JWT verification was switched off explicitly (embedded demo)."""
+    fetcher: PrefetchFetcher
+    services: dict[str, RegisteredService]
+    http: httpx.AsyncClient
+
+    def audience(self, path: str) -> str:
+        """The ``aud`` a client must sign for this path: our public URL, not whatever Host was sent."""
+        return self.public_base_url + path

@@ -1,0 +1,1 @@
+"""One module per CDS service: its definition (hook, prefetch templates) and its card builder."""
