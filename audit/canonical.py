@@ -1,0 +1,63 @@
+"""Canonical JSON: the one byte form of a value that the ledger hashes.
+
+Sorted keys, no insignificant whitespace, UTF-8, no NaN or infinities, integers within the I-JSON safe
+range (RFC 7493 §2.2) and floats written in Python's shortest round-trip form. The verifier never
+re-serialises: it hashes the text the database returns, so the form only has to be stable and valid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from json.encoder import encode_basestring
+from typing import Any
+
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+class NotCanonicalizable(ValueError):
+    """A value cannot be put into the ledger as canonical JSON; the message names where it sits."""
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
+_encode_string = encode_basestring  # the C implementation when available: '"' + escaped + '"'
+
+
+def canonical_json(value: Any) -> str:
+    """Return the canonical JSON text of ``value`` (a JSON-like tree of dict/list/str/int/float/bool/None)."""
+    return _ENCODER.encode(_checked(value, "$"))
+
+
+def json_string(value: str | None) -> str:
+    """One JSON string (or ``null``) in canonical form, for building the entry envelope by hand."""
+    return "null" if value is None else _encode_string(value)
+
+
+def _checked(value: Any, path: str) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise NotCanonicalizable(f"{path}: string is not valid Unicode (lone surrogate)") from exc
+        return value
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise NotCanonicalizable(f"{path}: integer outside ±(2**53 - 1); store it as a string")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise NotCanonicalizable(f"{path}: NaN and infinities have no JSON form")
+        return value
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise NotCanonicalizable(f"{path}: object key of type {type(key).__name__}, expected str")
+            out[key] = _checked(item, f"{path}.{key}")
+        return out
+    if isinstance(value, list | tuple):
+        return [_checked(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    raise NotCanonicalizable(f"{path}: {type(value).__name__} has no canonical JSON form")

@@ -1,0 +1,160 @@
+"""Ledger entries: what callers hand in, what is stored, and the exact bytes that are hashed.
+
+The hashed form is canonical JSON built from the stored columns alone, so a verifier that reads the
+row back recomputes the same bytes: the timestamp is kept as the very string that was hashed, and the
+payload as its canonical text (or, for large traces, only its digest, the text living in
+``audit_payloads``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+
+from audit.canonical import canonical_json, json_string
+
+ENTRY_FORMAT_VERSION = 1
+KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
+DICOM_UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+class EntryDraft(pydantic.BaseModel):
+    """One entry as the rest of Veritrace hands it in; validated before the sequencer lock is taken."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    kind: str = pydantic.Field(min_length=1, max_length=64)
+    actor: str = pydantic.Field(min_length=1, max_length=256)
+    payload: Mapping[str, Any]
+    patient_ref: str | None = pydantic.Field(default=None, min_length=1, max_length=256)
+    study_uid: str | None = pydantic.Field(default=None, min_length=1, max_length=64)
+
+    @pydantic.field_validator("kind")
+    @classmethod
+    def _kind_is_dotted_name(cls, value: str) -> str:
+        if not KIND_PATTERN.match(value):
+            raise ValueError('kind must be a dotted lower-case name such as "fhir.read"')
+        return value
+
+    @pydantic.field_validator("study_uid")
+    @classmethod
+    def _study_uid_is_dicom_uid(cls, value: str | None) -> str | None:
+        # The value is patient-related: the message never repeats it.
+        if value is not None and not DICOM_UID_PATTERN.match(value):
+            raise ValueError("study_uid is not a DICOM UID (digits separated by dots, PS3.5 §9.1)")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEntry:
+    """A validated draft turned into canonical text, ready for an index (internal, not an edge)."""
+
+    kind: str
+    actor: str
+    patient_ref: str | None
+    study_uid: str | None
+    payload_json: str
+    payload_bytes: int
+    payload_digest: str
+
+    @classmethod
+    def from_draft(cls, draft: EntryDraft) -> PreparedEntry:
+        text = canonical_json(draft.payload)
+        raw = text.encode("utf-8")
+        return cls(
+            kind=draft.kind,
+            actor=draft.actor,
+            patient_ref=draft.patient_ref,
+            study_uid=draft.study_uid,
+            payload_json=text,
+            payload_bytes=len(raw),
+            payload_digest="sha256:" + hashlib.sha256(raw).hexdigest(),
+        )
+
+
+class AppendedEntry(pydantic.BaseModel):
+    """What an append returns: where the entry landed and the leaf hash that proves it."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    index: int
+    leaf_hash: str
+    """Hex SHA-256(0x00 || entry)."""
+    recorded_at: str
+
+
+class LedgerEntry(pydantic.BaseModel):
+    """One stored entry, read back from the database."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    index: int
+    kind: str
+    actor: str
+    patient_ref: str | None
+    study_uid: str | None
+    recorded_at: str
+    payload_digest: str
+    payload: dict[str, Any] | None
+    """The payload, or None when it is stored out of line and was not loaded."""
+    payload_inline: bool
+    leaf_hash: str
+    """Hex leaf hash as stored at append time."""
+
+
+def payload_digest(payload_json: str) -> str:
+    """``sha256:<hex>`` of the payload's canonical UTF-8 text."""
+    return "sha256:" + hashlib.sha256(payload_json.encode("utf-8")).hexdigest()
+
+
+def format_timestamp(moment: datetime) -> str:
+    """RFC 3339 UTC with microseconds (``2025-11-28T20:54:00.123456Z``); the string itself is hashed."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def now_timestamp() -> str:
+    return format_timestamp(datetime.now(UTC))
+
+
+def encode_entry(
+    *,
+    index: int,
+    kind: str,
+    actor: str,
+    patient_ref: str | None,
+    study_uid: str | None,
+    recorded_at: str,
+    payload_digest: str,
+    payload_json: str | None,
+) -> bytes:
+    """The canonical JSON bytes of one entry (keys in sorted order), as hashed into the tree.
+
+    ``payload_json`` is None for a payload stored out of line; the digest still binds it.
+    """
+    return (
+        '{"actor":'
+        + json_string(actor)
+        + ',"index":'
+        + str(index)
+        + ',"kind":'
+        + json_string(kind)
+        + ',"patient_ref":'
+        + json_string(patient_ref)
+        + ',"payload":'
+        + (payload_json if payload_json is not None else "null")
+        + ',"payload_digest":'
+        + json_string(payload_digest)
+        + ',"recorded_at":'
+        + json_string(recorded_at)
+        + ',"study_uid":'
+        + json_string(study_uid)
+        + ',"v":'
+        + str(ENTRY_FORMAT_VERSION)
+        + "}"
+    ).encode("utf-8")
