@@ -60,7 +60,11 @@ class EhrTokenSigner:
         header: dict[str, Any] | None = None,
         claims: dict[str, Any] | None = None,
     ) -> str:
-        """A signed token for a call to ``audience`` (the full service URL)."""
+        """A signed token for a call to ``audience`` (the full service URL).
+
+        ``header`` / ``claims`` override the defaults; a None value removes that member (for tests of
+        malformed tokens).
+        """
         iat = int(time.time() if issued_at is None else issued_at)
         payload = {
             "iss": self.iss,
@@ -72,6 +76,6 @@ class EhrTokenSigner:
         headers: dict[str, Any] = {"typ": "JWT", "kid": self.kid}
         if self.jku:
             headers["jku"] = self.jku
-        return jwt.encode(
-            {**payload, **(claims or {})}, self.key, algorithm=self.alg, headers={**headers, **(header or {})}
-        )
+        merged_claims = {k: v for k, v in {**payload, **(claims or {})}.items() if v is not None}
+        merged_header = {k: v for k, v in {**headers, **(header or {})}.items() if v is not None}
+        return jwt.encode(merged_claims, self.key, algorithm=self.alg, headers=merged_header)
