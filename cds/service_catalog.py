@@ -9,8 +9,13 @@ from pydantic import BaseModel
 
 from cds.discovery import ServiceDefinition
 from cds.hook_call import HookCall, HookOutcome
-from cds.hook_request import EncounterDischargeContext, PatientViewContext
-from cds.services import encounter_discharge, patient_view
+from cds.hook_request import (
+    EncounterDischargeContext,
+    OrderSelectContext,
+    OrderSignContext,
+    PatientViewContext,
+)
+from cds.services import encounter_discharge, imaging_order_review, patient_view
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,12 @@ class RegisteredService:
 def default_services() -> dict[str, RegisteredService]:
     services = [
         RegisteredService(patient_view.SERVICE, PatientViewContext, patient_view.patient_view_cards),
+        RegisteredService(
+            imaging_order_review.ORDER_SELECT, OrderSelectContext, imaging_order_review.review_imaging_orders
+        ),
+        RegisteredService(
+            imaging_order_review.ORDER_SIGN, OrderSignContext, imaging_order_review.review_imaging_orders
+        ),
         RegisteredService(
             encounter_discharge.SERVICE,
             EncounterDischargeContext,
