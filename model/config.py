@@ -1,0 +1,22 @@
+"""Settings the VLM runtime needs; `cds/settings.py` composes them from `VERITRACE_MODEL_*` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class ModelConfig(BaseModel):
+    """Where the hospital's model lives and how much of it one study may use.
+
+    `path` must be a local directory: the runtime never downloads weights, so a hub id is refused rather
+    than silently fetched. `allow_remote_code` stays off unless an operator has reviewed the checkpoint's
+    Python files, because `trust_remote_code` executes them inside the worker that holds patient data.
+    """
+
+    path: Path | None = None
+    device: str = "auto"
+    allow_remote_code: bool = False
+    max_new_tokens: int = Field(default=96, ge=1, le=8192)
+    max_images: int = Field(default=4, ge=1, le=64)

@@ -1,0 +1,167 @@
+"""Draft a structured report for one study from its images and the patient's evidence.
+
+The model sees the evidence's short displays and the image references, and must answer with JSON whose
+citations are restricted (by the schema's enum, under constrained decoding) to ids it was shown. Whatever
+still cites an unknown id is dropped and the drop is traced, so a report never points at evidence that
+was not in front of the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from model.constrained import grammar_available
+from model.context import PatientContext
+from model.imaging import ModelImage
+from model.report import DraftReport, Laterality, Severity, Statement
+from model.runtime import LoadedVlm, ModelIdentity
+from model.trace import TraceStep
+
+MAX_STATEMENTS = 4
+MAX_STATEMENT_CHARS = 160
+INSTRUCTIONS = (
+    "You are drafting a preliminary radiology report for a clinician to review. "
+    "Answer with JSON: findings and impression, each a list of statements with text, severity, "
+    "laterality, codes and citations. Cite only the ids listed below."
+)
+
+
+class DraftResult(BaseModel):
+    """The report, the trace steps that produced it, the model identity and the prompt digest."""
+
+    report: DraftReport
+    steps: list[TraceStep]
+    identity: ModelIdentity
+    prompt_sha256: str
+
+
+def citable_ids(images: Sequence[ModelImage], context: PatientContext) -> list[str]:
+    """Ids a statement may cite: evidence ids then image ids, in prompt order."""
+    return [e.id for e in context.evidence] + [im.ref.citation_id for im in images]
+
+
+def build_prompt(images: Sequence[ModelImage], context: PatientContext) -> str:
+    """The text prompt: instructions, one line per evidence item and per image, each with its id."""
+    lines = [INSTRUCTIONS, "Evidence:"]
+    lines += [f"[{e.id}] {e.resource_type}: {e.display}" for e in context.evidence] or ["(none)"]
+    lines.append("Images (in order):")
+    lines += [f"[{im.ref.citation_id}] {im.description}" for im in images] or ["(none)"]
+    return "\n".join(lines)
+
+
+def report_schema(ids: Sequence[str]) -> dict[str, Any]:
+    """JSON schema for the model's answer; citations are an enum of `ids` (empty enum: none allowed)."""
+    citations: dict[str, Any] = (
+        {"type": "array", "items": {"type": "string", "enum": list(ids)}, "maxItems": 4}
+        if ids
+        else {"type": "array", "maxItems": 0}
+    )
+    statement = {
+        "type": "object",
+        "properties": {
+            "text": {"type": "string", "maxLength": MAX_STATEMENT_CHARS},
+            "severity": {"type": "string", "enum": [s.value for s in Severity]},
+            "laterality": {"type": "string", "enum": [lat.value for lat in Laterality]},
+            "codes": {"type": "array", "items": {"type": "string", "maxLength": 32}, "maxItems": 3},
+            "citations": citations,
+        },
+        "required": ["text", "severity", "laterality", "codes", "citations"],
+        "additionalProperties": False,
+    }
+    statements = {"type": "array", "items": statement, "maxItems": MAX_STATEMENTS}
+    return {
+        "type": "object",
+        "properties": {"findings": statements, "impression": statements},
+        "required": ["findings", "impression"],
+        "additionalProperties": False,
+    }
+
+
+def _parse_statements(raw: Any) -> list[Statement]:
+    if not isinstance(raw, list):
+        return []
+    statements = []
+    for item in raw:
+        try:
+            statements.append(Statement.model_validate(item))
+        except ValidationError:
+            continue
+    return statements
+
+
+def _keep_known_citations(
+    statements: list[Statement], allowed: set[str]
+) -> tuple[list[Statement], list[str]]:
+    kept, dropped = [], []
+    for st in statements:
+        good = list(dict.fromkeys(c for c in st.citations if c in allowed))
+        dropped += [c for c in st.citations if c not in allowed]
+        kept.append(st.model_copy(update={"citations": good}))
+    return kept, dropped
+
+
+def draft_report(
+    vlm: LoadedVlm,
+    images: Sequence[ModelImage],
+    context: PatientContext,
+    step_sink: Callable[[TraceStep], None] | None = None,
+) -> DraftResult:
+    """Generate, parse and citation-check one draft report; every step goes to `step_sink` as it happens.
+
+    Uses constrained decoding when xgrammar is installed. Output that is not valid JSON (an untrained
+    model, or a generation cut off by max_new_tokens) yields an empty report plus a `parse_error` step
+    rather than an exception: the study is still traced and the clinician sees no fabricated statements.
+    """
+    steps: list[TraceStep] = []
+
+    def emit(kind: str, **detail: Any) -> None:
+        step = TraceStep(kind=kind, detail=detail)
+        steps.append(step)
+        if step_sink is not None:
+            step_sink(step)
+
+    identity = vlm.identity
+    images = list(images)[: vlm.max_images]
+    ids = citable_ids(images, context)
+    prompt = build_prompt(images, context)
+    prompt_sha256 = hashlib.sha256(prompt.encode()).hexdigest()
+    emit("model", **identity.model_dump())
+    emit(
+        "prompt",
+        prompt_sha256=prompt_sha256,
+        evidence_ids=[e.id for e in context.evidence],
+        evidence_sha256=[e.sha256 for e in context.evidence],
+        images=[im.ref.model_dump() for im in images],
+    )
+    schema = report_schema(ids) if grammar_available() else None
+    generation = vlm.generate(
+        [im.image for im in images], prompt, max_new_tokens=vlm.max_new_tokens, json_schema=schema
+    )
+    emit(
+        "generation",
+        text=generation.text,
+        token_count=generation.token_count,
+        prompt_token_count=generation.prompt_token_count,
+        stopped=generation.stopped,
+        constrained=generation.constrained,
+        timings=generation.timings.model_dump(),
+    )
+    try:
+        parsed = json.loads(generation.text)
+    except json.JSONDecodeError as exc:
+        parsed = {}
+        emit("parse_error", error=f"{exc.msg} at char {exc.pos}", stopped=generation.stopped)
+    if not isinstance(parsed, dict):
+        parsed = {}
+    allowed = set(ids)
+    findings, dropped_f = _keep_known_citations(_parse_statements(parsed.get("findings")), allowed)
+    impression, dropped_i = _keep_known_citations(_parse_statements(parsed.get("impression")), allowed)
+    emit("citations", allowed=ids, dropped=dropped_f + dropped_i)
+    report = DraftReport(findings=findings, impression=impression, untrained_model=identity.untrained)
+    emit("report", report=report.model_dump(mode="json"))
+    return DraftResult(report=report, steps=steps, identity=identity, prompt_sha256=prompt_sha256)
