@@ -1,97 +1,52 @@
-"""The Storage SCP over real sockets: pynetdicom and dcmtk as peers, real SQLite / PostgreSQL index.
-
-The ledger is a recording stand-in (audit.Ledger is being built in parallel; the SCP only needs `append`).
-"""
+"""The Storage SCP over real sockets: pynetdicom and dcmtk as peers, real SQLite / PostgreSQL, real ledger."""
 
 from __future__ import annotations
 
 import contextlib
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
-from alembic.config import Config
+from dicom_support import DicomStore, make_dicom_store, postgres_database  # type: ignore[import-not-found]
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
-from sqlalchemy import Engine, create_engine, select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import select
 
-import integrations.store
 from integrations.dicom.config import DicomConfig
 from integrations.dicom.scp import StorageScp
 from integrations.dicom.synthetic import make_image, write_part10
-from integrations.store.config import StoreConfig
-from integrations.store.engine import make_engine, make_session_factory
 from integrations.store.models import Instance, Study
 
 
-class RecordingLedger:
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-
-    def append(
-        self,
-        kind: str,
-        actor: str,
-        payload: dict[str, Any],
-        *,
-        patient_ref: str | None = None,
-        study_uid: str | None = None,
-    ) -> None:
-        self.entries.append({"kind": kind, "actor": actor, "payload": payload, "study_uid": study_uid})
-
-
-def migrate_store(engine: Engine) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(Path(integrations.store.__file__).with_name("migrations")))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-
-
-@pytest.fixture
-def sqlite_sessions(tmp_path: Path) -> sessionmaker[Session]:
-    engine = make_engine(StoreConfig(database_url=f"sqlite:///{tmp_path / 'vt.db'}"))
-    migrate_store(engine)
-    return make_session_factory(engine)
-
-
-@pytest.fixture
-def postgres_sessions() -> Iterator[sessionmaker[Session]]:
-    name = f"vt_dicomscp_{uuid.uuid4().hex[:10]}"
-    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = make_engine(StoreConfig(database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"))
-    try:
-        migrate_store(engine)
-        yield make_session_factory(engine)
-    finally:
-        engine.dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def sessions(request: pytest.FixtureRequest) -> sessionmaker[Session]:
-    return request.getfixturevalue(f"{request.param}_sessions")
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DicomStore]:
+    if request.param == "sqlite":
+        made = make_dicom_store(tmp_path)
+        yield made
+        made.engine.dispose()
+        return
+    with postgres_database("vt_dicomscp") as url:
+        made = make_dicom_store(tmp_path, url)
+        yield made
+        made.engine.dispose()
 
 
-def start_scp(
-    tmp_path: Path, sessions: sessionmaker[Session], **overrides: Any
-) -> tuple[StorageScp, RecordingLedger]:
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[DicomStore]:
+    made = make_dicom_store(tmp_path)
+    yield made
+    made.engine.dispose()
+
+
+def start_scp(tmp_path: Path, store: DicomStore, **overrides: Any) -> StorageScp:
     config = DicomConfig(spool_dir=tmp_path / "spool", port=0, min_free_bytes=0, fsync=False, **overrides)
-    ledger = RecordingLedger()
-    scp = StorageScp(config, sessions, ledger)
+    scp = StorageScp(config, store.sessions, store.ledger)
     scp.start()
-    return scp, ledger
+    return scp
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -112,8 +67,8 @@ def associate(port: int, calling: str = "PACS", called: str = "VERITRACE") -> An
     return ae.associate("127.0.0.1", port, ae_title=called)
 
 
-def test_echo_with_dcmtk(tmp_path: Path, sqlite_sessions: sessionmaker[Session]) -> None:
-    scp, _ = start_scp(tmp_path, sqlite_sessions)
+def test_echo_with_dcmtk(tmp_path: Path, sqlite_store: DicomStore) -> None:
+    scp = start_scp(tmp_path, sqlite_store)
     try:
         result = subprocess.run(
             ["echoscu", "-aet", "PACS", "-aec", "VERITRACE", "127.0.0.1", str(scp.port)],
@@ -126,8 +81,8 @@ def test_echo_with_dcmtk(tmp_path: Path, sqlite_sessions: sessionmaker[Session])
         scp.stop()
 
 
-def test_store_index_duplicate_conflict_and_ledger(tmp_path: Path, sessions: sessionmaker[Session]) -> None:
-    scp, ledger = start_scp(tmp_path, sessions)
+def test_store_index_duplicate_conflict_and_ledger(tmp_path: Path, store: DicomStore) -> None:
+    scp = start_scp(tmp_path, store)
     study = generate_uid()
     images = [make_image(study_uid=study, instance_number=i, seed=i) for i in range(3)]
     try:
@@ -142,7 +97,7 @@ def test_store_index_duplicate_conflict_and_ledger(tmp_path: Path, sessions: ses
         assoc.release()
     finally:
         scp.stop()
-    with sessions() as session:
+    with store.sessions() as session:
         stored = session.execute(select(Instance).order_by(Instance.id)).scalars().all()
         assert len(stored) == 4
         assert [row.conflict for row in stored] == [False, True, False, True]
@@ -154,16 +109,15 @@ def test_store_index_duplicate_conflict_and_ledger(tmp_path: Path, sessions: ses
             assert row.spool_path.endswith(f"{row.sha256}.dcm")
             assert dcmread(spooled).SOPInstanceUID == row.sop_instance_uid
     assert len(list((scp.spool.root / "objects").rglob("*.dcm"))) == 4
-    [entry] = ledger.entries
-    assert entry["kind"] == "dicom.received" and entry["study_uid"] == study
-    assert entry["payload"]["instance_count"] == 4 and entry["payload"]["calling_ae"] == "PACS"
+    [entry] = store.entries("dicom.received")
+    assert entry.study_uid == study and entry.actor == "dicom-scp:VERITRACE"
+    assert entry.payload["instance_count"] == 4 and entry.payload["calling_ae"] == "PACS"
+    assert sorted(i["sha256"] for i in entry.payload["instances"]) == sorted(r.sha256 for r in stored)
     assert "SYNTHETIC" not in repr(entry)  # no patient name anywhere in the receipt
 
 
-def test_bytes_in_spool_are_the_bytes_sent_by_dcmtk(
-    tmp_path: Path, sqlite_sessions: sessionmaker[Session]
-) -> None:
-    scp, _ = start_scp(tmp_path, sqlite_sessions)
+def test_bytes_in_spool_are_the_bytes_sent_by_dcmtk(tmp_path: Path, sqlite_store: DicomStore) -> None:
+    scp = start_scp(tmp_path, sqlite_store)
     source = write_part10(
         make_image(study_uid=generate_uid(), rows=128, columns=128), tmp_path / "in" / "a.dcm"
     )
@@ -177,15 +131,13 @@ def test_bytes_in_spool_are_the_bytes_sent_by_dcmtk(
         assert result.returncode == 0, result.stderr
     finally:
         scp.stop()
-    with sqlite_sessions() as session:
+    with sqlite_store.sessions() as session:
         row = session.execute(select(Instance)).scalar_one()
     assert dataset_bytes(scp.spool.absolute(row.spool_path)) == dataset_bytes(source)
 
 
-def test_bad_dataset_fails_and_association_keeps_serving(
-    tmp_path: Path, sqlite_sessions: sessionmaker[Session]
-) -> None:
-    scp, _ = start_scp(tmp_path, sqlite_sessions)
+def test_bad_dataset_fails_and_association_keeps_serving(tmp_path: Path, sqlite_store: DicomStore) -> None:
+    scp = start_scp(tmp_path, sqlite_store)
     good = make_image(study_uid=generate_uid())
     broken = write_part10(make_image(study_uid=generate_uid()), tmp_path / "broken.dcm")
     data = broken.read_bytes()
@@ -199,14 +151,12 @@ def test_bad_dataset_fails_and_association_keeps_serving(
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = False
         scp.stop()
-    with sqlite_sessions() as session:
+    with sqlite_store.sessions() as session:
         assert len(session.execute(select(Instance)).all()) == 1
 
 
-def test_disk_watermark_refuses_with_out_of_resources(
-    tmp_path: Path, sqlite_sessions: sessionmaker[Session]
-) -> None:
-    scp, _ = start_scp(tmp_path, sqlite_sessions)
+def test_disk_watermark_refuses_with_out_of_resources(tmp_path: Path, sqlite_store: DicomStore) -> None:
+    scp = start_scp(tmp_path, sqlite_store)
     try:
         assoc = associate(scp.port)
         scp.spool.min_free_bytes = 2**62
@@ -218,8 +168,8 @@ def test_disk_watermark_refuses_with_out_of_resources(
         scp.stop()
 
 
-def test_calling_ae_and_host_allow_lists(tmp_path: Path, sqlite_sessions: sessionmaker[Session]) -> None:
-    scp, _ = start_scp(tmp_path, sqlite_sessions, allowed_calling_aets=["PACS"])
+def test_calling_ae_and_host_allow_lists(tmp_path: Path, sqlite_store: DicomStore) -> None:
+    scp = start_scp(tmp_path, sqlite_store, allowed_calling_aets=["PACS"])
     try:
         stranger = associate(scp.port, calling="STRANGER")
         assert stranger.is_rejected
@@ -230,12 +180,12 @@ def test_calling_ae_and_host_allow_lists(tmp_path: Path, sqlite_sessions: sessio
         friend.release()
     finally:
         scp.stop()
-    scp, _ = start_scp(tmp_path, sqlite_sessions, allowed_calling_hosts=["10.255.255.1"])
+    scp = start_scp(tmp_path, sqlite_store, allowed_calling_hosts=["10.255.255.1"])
     try:
         assert not associate(scp.port).is_established
     finally:
         scp.stop()
-    scp, _ = start_scp(tmp_path, sqlite_sessions, allowed_calling_hosts=["127.0.0.1"])
+    scp = start_scp(tmp_path, sqlite_store, allowed_calling_hosts=["127.0.0.1"])
     try:
         assoc = associate(scp.port)
         assert assoc.is_established
@@ -244,12 +194,10 @@ def test_calling_ae_and_host_allow_lists(tmp_path: Path, sqlite_sessions: sessio
         scp.stop()
 
 
-def test_malformed_pdu_is_dropped_and_scp_keeps_serving(
-    tmp_path: Path, sqlite_sessions: sessionmaker[Session]
-) -> None:
+def test_malformed_pdu_is_dropped_and_scp_keeps_serving(tmp_path: Path, sqlite_store: DicomStore) -> None:
     import socket
 
-    scp, _ = start_scp(tmp_path, sqlite_sessions)
+    scp = start_scp(tmp_path, sqlite_store)
     try:
         with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as raw:
             raw.sendall(b"\x01\x00\x00\x00\x00\x10" + b"\xde\xad" * 8)  # A-ASSOCIATE-RQ header, junk body

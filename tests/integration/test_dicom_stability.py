@@ -1,89 +1,52 @@
-"""Stable-study assembly against a real SQLite database (and PostgreSQL, marked).
-
-The audit ledger (`audit.Ledger`) is being built in parallel; these tests record appends in a list, which
-is all the tracker's contract with the ledger is (kinds, payloads, that they happen after the commit).
-"""
+"""Stable-study assembly against a real SQLite database and PostgreSQL (marked), with the real ledger."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, select, text
+from dicom_support import DicomStore, make_dicom_store, postgres_database  # type: ignore[import-not-found]
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-import integrations.store
+from audit import Ledger
 from integrations.dicom.config import RoutingRules
 from integrations.dicom.stability import StableStudyTracker, content_digest
 from integrations.dicom.study_files import UnknownAnalysis, study_instance_paths
-from integrations.store.config import StoreConfig
-from integrations.store.engine import make_engine, make_session_factory
 from integrations.store.ingest import IngestOutcome, InstanceFacts, record_instance
 from integrations.store.models import Analysis, Study
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
-class RecordingLedger:
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, dict[str, Any], str | None]] = []
-
-    def append(
-        self,
-        kind: str,
-        actor: str,
-        payload: dict[str, Any],
-        *,
-        patient_ref: str | None = None,
-        study_uid: str | None = None,
-    ) -> None:
-        self.entries.append((kind, payload, study_uid))
-
-    def kinds(self) -> list[str]:
-        return [kind for kind, _, _ in self.entries]
-
-
-def migrate_store(engine: Engine) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(Path(integrations.store.__file__).with_name("migrations")))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-
-
-@pytest.fixture
-def sqlite_sessions(tmp_path: Path) -> sessionmaker[Session]:
-    engine = make_engine(StoreConfig(database_url=f"sqlite:///{tmp_path / 'vt.db'}"))
-    migrate_store(engine)
-    return make_session_factory(engine)
-
-
-@pytest.fixture
-def postgres_sessions() -> Iterator[sessionmaker[Session]]:
-    name = f"vt_dicom_{uuid.uuid4().hex[:10]}"
-    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = make_engine(StoreConfig(database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"))
-    try:
-        migrate_store(engine)
-        yield make_session_factory(engine)
-    finally:
-        engine.dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def sessions(request: pytest.FixtureRequest) -> sessionmaker[Session]:
-    return request.getfixturevalue(f"{request.param}_sessions")
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DicomStore]:
+    if request.param == "sqlite":
+        made = make_dicom_store(tmp_path)
+        yield made
+        made.engine.dispose()
+        return
+    with postgres_database("vt_dicom") as url:
+        made = make_dicom_store(tmp_path, url)
+        yield made
+        made.engine.dispose()
+
+
+@pytest.fixture
+def sessions(store: DicomStore) -> sessionmaker[Session]:
+    return store.sessions
+
+
+@pytest.fixture
+def ledger(store: DicomStore) -> Ledger:
+    return store.ledger
+
+
+def kinds(store: DicomStore) -> list[str]:
+    return [entry.kind for entry in store.entries()]
 
 
 def facts(
@@ -119,15 +82,15 @@ def ingest(
 
 
 def make_tracker(
-    sessions: sessionmaker[Session], ledger: RecordingLedger, queued: list[str], **kwargs: Any
+    sessions: sessionmaker[Session], ledger: Ledger, queued: list[str], **kwargs: Any
 ) -> StableStudyTracker:
     return StableStudyTracker(sessions, ledger, 5.0, queued.append, **kwargs)
 
 
 def test_quiet_study_becomes_one_queued_analysis_committed_before_enqueue(
-    sessions: sessionmaker[Session],
+    sessions: sessionmaker[Session], store: DicomStore
 ) -> None:
-    ledger, queued = RecordingLedger(), []
+    ledger, queued = store.ledger, []
     seen_in_db: list[str] = []
 
     def enqueue(analysis_id: str) -> None:
@@ -149,13 +112,13 @@ def test_quiet_study_becomes_one_queued_analysis_committed_before_enqueue(
         paths = study_instance_paths(session, ids[0], Path("/spool"))
         assert [p.name for p in paths] == [f"{n:064x}.dcm" for n in range(3)]
         assert all(p.is_absolute() for p in paths)
-    assert ledger.kinds() == ["study.stable", "analysis.queued"]
+    assert kinds(store) == ["study.stable", "analysis.queued"]
 
 
 def test_late_instance_makes_a_new_version_and_old_analysis_keeps_its_content(
-    sessions: sessionmaker[Session],
+    sessions: sessionmaker[Session], store: DicomStore
 ) -> None:
-    ledger, queued = RecordingLedger(), []
+    ledger, queued = store.ledger, []
     tracker = make_tracker(sessions, ledger, queued)
     ingest(sessions, facts("1.9.2", 0), T0)
     [first] = tracker.poll_once(T0 + timedelta(seconds=10))
@@ -168,9 +131,9 @@ def test_late_instance_makes_a_new_version_and_old_analysis_keeps_its_content(
 
 
 def test_duplicate_resend_changes_nothing_and_same_content_is_never_queued_twice(
-    sessions: sessionmaker[Session],
+    sessions: sessionmaker[Session], store: DicomStore
 ) -> None:
-    ledger, queued = RecordingLedger(), []
+    ledger, queued = store.ledger, []
     tracker = make_tracker(sessions, ledger, queued)
     ingest(sessions, facts("1.9.3", 0), T0)
     assert len(tracker.poll_once(T0 + timedelta(seconds=10))) == 1
@@ -185,7 +148,9 @@ def test_duplicate_resend_changes_nothing_and_same_content_is_never_queued_twice
         assert len(session.execute(select(Analysis.id)).all()) == 1
 
 
-def test_conflicting_bytes_keep_both_versions_flagged(sessions: sessionmaker[Session]) -> None:
+def test_conflicting_bytes_keep_both_versions_flagged(
+    sessions: sessionmaker[Session], store: DicomStore
+) -> None:
     assert ingest(sessions, facts("1.9.4", 0, sha="a" * 64), T0) is IngestOutcome.STORED
     assert ingest(sessions, facts("1.9.4", 0, sha="b" * 64), T0) is IngestOutcome.CONFLICT
     with sessions() as session:
@@ -194,18 +159,20 @@ def test_conflicting_bytes_keep_both_versions_flagged(sessions: sessionmaker[Ses
         assert session.execute(select(Study.instance_count)).scalar_one() == 2
 
 
-def test_routing_ignores_studies_with_nothing_to_analyse(sessions: sessionmaker[Session]) -> None:
-    ledger, queued = RecordingLedger(), []
+def test_routing_ignores_studies_with_nothing_to_analyse(
+    sessions: sessionmaker[Session], store: DicomStore
+) -> None:
+    ledger, queued = store.ledger, []
     tracker = make_tracker(sessions, ledger, queued, routing=RoutingRules(modalities=["CR", "DX"]))
     ingest(sessions, facts("1.9.5", 0, modality="CT"), T0)
     assert tracker.poll_once(T0 + timedelta(seconds=10)) == []
     with sessions() as session:
         assert session.execute(select(Study.state)).scalar_one() == "ignored"
-    assert ledger.entries[0][1]["state"] == "ignored"
+    assert store.entries("study.stable")[0].payload["state"] == "ignored"
 
 
-def test_stable_age_per_calling_ae(sessions: sessionmaker[Session]) -> None:
-    ledger, queued = RecordingLedger(), []
+def test_stable_age_per_calling_ae(sessions: sessionmaker[Session], store: DicomStore) -> None:
+    ledger, queued = store.ledger, []
     tracker = make_tracker(sessions, ledger, queued, stable_age_by_calling_aet={"SLOWCT": 60.0, "FAST": 1.0})
     ingest(sessions, facts("1.9.6", 0), T0, ae="SLOWCT")
     ingest(sessions, facts("1.9.7", 0), T0, ae="FAST")
@@ -216,9 +183,9 @@ def test_stable_age_per_calling_ae(sessions: sessionmaker[Session]) -> None:
 
 
 def test_failed_enqueue_stays_queued_and_requeue_pending_sends_it_after_restart(
-    sessions: sessionmaker[Session],
+    sessions: sessionmaker[Session], store: DicomStore
 ) -> None:
-    ledger = RecordingLedger()
+    ledger = store.ledger
 
     def broken(_: str) -> None:
         raise ConnectionError("broker down")
@@ -231,11 +198,11 @@ def test_failed_enqueue_stays_queued_and_requeue_pending_sends_it_after_restart(
     assert restarted.poll_once(T0 + timedelta(seconds=99)) == []
 
 
-def test_unknown_analysis_is_an_error(sessions: sessionmaker[Session]) -> None:
+def test_unknown_analysis_is_an_error(sessions: sessionmaker[Session], store: DicomStore) -> None:
     with sessions() as session, pytest.raises(UnknownAnalysis):
         study_instance_paths(session, "nope", Path("/s"))
 
 
-def test_negative_stable_age_is_rejected(sqlite_sessions: sessionmaker[Session]) -> None:
+def test_negative_stable_age_is_rejected(sessions: sessionmaker[Session], store: DicomStore) -> None:
     with pytest.raises(ValueError, match="stable_age_s"):
-        StableStudyTracker(sqlite_sessions, RecordingLedger(), -1, print)
+        StableStudyTracker(sessions, store.ledger, -1, print)

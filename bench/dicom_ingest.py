@@ -1,0 +1,298 @@
+"""DICOM ingest benchmark: the same dcmtk `storescu` pushes the same files into our SCP, dcmtk `storescp`
+and Orthanc, one after the other, on loopback (TCP_NODELAY on both sides). Prints a Markdown table.
+
+    .venv/bin/python bench/dicom_ingest.py [--ct 400] [--cr 40] [--rss-instances 2000] [--database-url URL]
+
+Our SCP runs in its own process (`--serve`), as `veritrace dicom` would, with hashing, fsync and indexing
+on, plus the stable-study tracker, so "last instance -> queued analysis" is measured as deployed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+
+from pydicom.uid import generate_uid
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(tempfile.gettempdir()) / "veritrace-bench-dicom"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def generate(kind: str, count: int, rows: int, columns: int, modality: str) -> Path:
+    from integrations.dicom.synthetic import make_image, write_part10
+
+    folder = DATA / f"{kind}-{count}-{rows}x{columns}"
+    if folder.exists() and len(list(folder.iterdir())) == count:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    study = generate_uid()
+    series = generate_uid()
+    for i in range(count):
+        ds = make_image(
+            study_uid=study, series_uid=series, modality=modality, rows=rows, columns=columns,
+            instance_number=i + 1, seed=i,
+        )
+        write_part10(ds, folder / f"{i:05d}.dcm")
+    return folder
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on port {port}")
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.samples, self.stop_event = pid, list[int](), threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.1):
+            try:
+                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.samples.append(int(line.split()[1]) * 1024)
+            except OSError:
+                return
+
+
+def storescu(port: int, called: str, folder: Path) -> float:
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    start = time.perf_counter()
+    subprocess.run(
+        ["storescu", "-aet", "BENCH", "-aec", called, "-R", "+sd", "127.0.0.1", str(port), str(folder)],
+        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - start
+
+
+@dataclass
+class Row:
+    target: str
+    dataset: str
+    instances: int
+    seconds: float
+    megabytes: float
+
+    @property
+    def per_s(self) -> float:
+        return self.instances / self.seconds
+
+    @property
+    def mb_s(self) -> float:
+        return self.megabytes / self.seconds
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Child process: our SCP + tracker until SIGTERM."""
+    from integrations.dicom.config import DicomConfig
+    from integrations.dicom.scp import StorageScp
+    from integrations.dicom.stability import StableStudyTracker
+    from integrations.store.config import StoreConfig
+    from integrations.store.engine import make_engine, make_session_factory
+
+    sys.path.insert(0, str(REPO / "tests" / "unit"))
+    from test_dicom_stability import migrate_store  # the store migrations without the ledger's
+
+    class NullLedger:
+        def append(self, *a: object, **k: object) -> None:
+            return None
+
+    engine = make_engine(StoreConfig(database_url=args.database_url))
+    migrate_store(engine)
+    sessions = make_session_factory(engine)
+    config = DicomConfig(spool_dir=Path(args.spool), port=args.port, min_free_bytes=0, fsync=not args.no_fsync)
+    scp = StorageScp(config, sessions, NullLedger())
+    tracker = StableStudyTracker(sessions, NullLedger(), args.stable_age, lambda _id: None)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    scp.start()
+    threading.Thread(target=tracker.run, args=(stop, 0.1), daemon=True).start()
+    stop.wait()
+    scp.stop()
+
+
+def run_ours(folders: dict[str, Path], rss_folder: Path | None, args: argparse.Namespace) -> tuple[list[Row], dict]:
+    from sqlalchemy import create_engine, text
+
+    work = Path(tempfile.mkdtemp(prefix="vt-bench-ours-"))
+    port = free_port()
+    db_url = args.database_url or f"sqlite:///{work / 'vt.db'}"
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", "--port", str(port), "--spool", str(work / "spool"),
+         "--database-url", db_url, "--stable-age", str(args.stable_age)]
+        + (["--no-fsync"] if args.no_fsync else []),
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    rows: list[Row] = []
+    extra: dict = {}
+    try:
+        wait_port(port)
+        sampler = RssSampler(child.pid)
+        sampler.start()
+        for name, folder in folders.items():
+            seconds = storescu(port, "VERITRACE", folder)
+            rows.append(Row("Veritrace SCP", name, len(list(folder.iterdir())), seconds, folder_bytes(folder) / 1e6))
+        time.sleep(args.stable_age + 1.5)
+        engine = create_engine(db_url)
+        with engine.connect() as c:
+            lat = c.execute(text(
+                "SELECT s.last_received_at, a.queued_at FROM analyses a JOIN studies s ON s.id = a.study_id"
+            )).all()
+        engine.dispose()
+        from datetime import datetime
+
+        def aware(v: object) -> datetime:
+            d = v if isinstance(v, datetime) else datetime.fromisoformat(str(v))
+            return d if d.tzinfo else d.replace(tzinfo=UTC)
+
+        extra["queue_latency_s"] = [round((aware(q) - aware(r)).total_seconds(), 3) for r, q in lat]
+        if rss_folder is not None:
+            before = sampler.samples[-1]
+            seconds = storescu(port, "VERITRACE", rss_folder)
+            n = len(list(rss_folder.iterdir()))
+            samples = sampler.samples
+            extra["rss"] = {"instances": n, "before_mb": before / 1e6, "peak_mb": max(samples) / 1e6,
+                            "after_mb": samples[-1] / 1e6, "per_s": n / seconds}
+        sampler.stop_event.set()
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+    return rows, extra
+
+
+def run_storescp(folders: dict[str, Path]) -> list[Row]:
+    work = Path(tempfile.mkdtemp(prefix="vt-bench-storescp-"))
+    port = free_port()
+    child = subprocess.Popen(
+        ["storescp", "-aet", "STORESCP", "+xa", "-od", str(work), str(port)],
+        env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        return [
+            Row("dcmtk storescp", name, len(list(f.iterdir())), storescu(port, "STORESCP", f), folder_bytes(f) / 1e6)
+            for name, f in folders.items()
+        ]
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def orthanc_config(storage: Path, http_port: int, dicom_port: int, veritrace_port: int) -> Path:
+    template = (REPO / "deploy" / "orthanc" / "orthanc-pacs.json").read_text()
+    text = (
+        template.replace("__STORAGE__", str(storage)).replace("__HTTP_PORT__", str(http_port))
+        .replace("__DICOM_PORT__", str(dicom_port)).replace("__VERITRACE_PORT__", str(veritrace_port))
+    )
+    path = storage / "orthanc.json"
+    path.write_text(text)
+    return path
+
+
+def run_orthanc(folders: dict[str, Path]) -> list[Row]:
+    if shutil.which("Orthanc") is None:
+        return []
+    work = Path(tempfile.mkdtemp(prefix="vt-bench-orthanc-"))
+    http_port, dicom_port = free_port(), free_port()
+    child = subprocess.Popen(
+        ["Orthanc", str(orthanc_config(work, http_port, dicom_port, 1))],
+        env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(dicom_port)
+        wait_port(http_port)
+        rows = [
+            Row("Orthanc", name, len(list(f.iterdir())), storescu(port=dicom_port, called="ORTHANC", folder=f),
+                folder_bytes(f) / 1e6)
+            for name, f in folders.items()
+        ]
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/statistics", timeout=10) as response:
+            json.load(response)
+        return rows
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--spool", default="")
+    parser.add_argument("--database-url", default="")
+    parser.add_argument("--stable-age", type=float, default=1.0)
+    parser.add_argument("--no-fsync", action="store_true")
+    parser.add_argument("--ct", type=int, default=400)
+    parser.add_argument("--cr", type=int, default=40)
+    parser.add_argument("--rss-instances", type=int, default=2000)
+    parser.add_argument("--only", default="ours,storescp,orthanc")
+    args = parser.parse_args()
+    if args.serve:
+        serve(args)
+        return
+    folders = {
+        f"CT 512x512 x{args.ct}": generate("ct", args.ct, 512, 512, "CT"),
+        f"CR ~7 MB x{args.cr}": generate("cr", args.cr, 2048, 1792, "CR"),
+    }
+    rss_folder = generate("ct-rss", args.rss_instances, 256, 256, "CT") if args.rss_instances else None
+    targets = args.only.split(",")
+    rows: list[Row] = []
+    extra: dict = {}
+    if "storescp" in targets:
+        rows += run_storescp(folders)
+    if "orthanc" in targets:
+        rows += run_orthanc(folders)
+    if "ours" in targets:
+        ours, extra = run_ours(folders, rss_folder, args)
+        rows += ours
+    print("| target | data set | instances | seconds | instances/s | MB/s |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        print(f"| {row.target} | {row.dataset} | {row.instances} | {row.seconds:.2f} | {row.per_s:.0f} | {row.mb_s:.0f} |")
+    by = {(r.target, r.dataset): r for r in rows}
+    for name in folders:
+        ours_row, ref, orth = by.get(("Veritrace SCP", name)), by.get(("dcmtk storescp", name)), by.get(("Orthanc", name))
+        if ours_row and ref:
+            ratio = f"{ours_row.per_s / ref.per_s:.2f}x storescp"
+            if orth:
+                ratio += f", {ours_row.per_s / orth.per_s:.2f}x Orthanc"
+            print(f"\n{name}: ours = {ratio}")
+    if extra:
+        print(f"\n{json.dumps(extra)}")
+
+
+if __name__ == "__main__":
+    main()
