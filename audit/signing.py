@@ -107,7 +107,7 @@ def generate_key(key_dir: Path, name: str, *, rotate: bool = False) -> NoteVerif
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    tmp = private_path.with_suffix(".tmp")
+    tmp = key_dir / f".{PRIVATE_KEY_FILE}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
@@ -115,9 +115,23 @@ def generate_key(key_dir: Path, name: str, *, rotate: bool = False) -> NoteVerif
         os.fsync(handle.fileno())
     signer = NoteSigner(name=name, private_key=key)
     verifier = signer.verifier
-    (key_dir / VERIFIER_DIR / f"{verifier.key_id.hex()}.vkey").write_text(verifier.vkey + "\n")
-    os.replace(tmp, private_path)  # the old private key, if any, is gone from here on
+    try:
+        if rotate:
+            # Publish the new verifier first, so no checkpoint is ever signed by an unpublished key.
+            _publish(key_dir, verifier)
+            os.replace(tmp, private_path)  # the old private key is gone from here on
+        else:
+            os.link(tmp, private_path)  # atomic create-if-absent: two processes never both win
+            _publish(key_dir, verifier)
+    except FileExistsError as exc:
+        raise KeyExists(f"{private_path} exists; rotate it instead") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
     return verifier
+
+
+def _publish(key_dir: Path, verifier: NoteVerifier) -> None:
+    (key_dir / VERIFIER_DIR / f"{verifier.key_id.hex()}.vkey").write_text(verifier.vkey + "\n")
 
 
 def load_signer(key_dir: Path, name: str) -> NoteSigner:
