@@ -15,13 +15,13 @@ from typing import Any
 
 import jwt
 import pytest
+from cds_support import ISSUER, PUBLIC_BASE, JwksServer, Store, hook_body, make_store, settings_for
 from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
 
+from cds.app import create_app
 from cds.client_auth.ehr_signer import EhrTokenSigner
 from cds.settings import Settings
-from cds.app import create_app
-from cds_support import ISSUER, PUBLIC_BASE, JwksServer, Store, hook_body, make_store, settings_for
 
 SERVICE = "/cds-services/veritrace-patient-view"
 AUD = PUBLIC_BASE + SERVICE
@@ -118,7 +118,9 @@ def test_refused_tokens(tmp_path: Path, store: Store, case: str, status: int, ph
         "unknown-iss": signer.token(AUD, claims={"iss": "https://stranger.example/"}),
         "no-kid": signer.token(AUD, header={"kid": None}),
         "typ-not-jwt": signer.token(AUD, header={"typ": "at+jwt"}),
-        "bad-signature": EhrTokenSigner(ISSUER, EhrTokenSigner.generate(ISSUER).key, kid=signer.kid, alg="ES384").token(AUD),
+        "bad-signature": EhrTokenSigner(
+            ISSUER, EhrTokenSigner.generate(ISSUER).key, kid=signer.kid, alg="ES384"
+        ).token(AUD),
         "missing-header": None,
         "not-bearer": "x",
         "garbage": "not.a.jwt",
@@ -214,19 +216,31 @@ def test_replayed_jti_is_refused_across_replicas(tmp_path: Path, store: Store) -
 def test_jwt_checks_apply_to_feedback_with_its_own_aud(tmp_path: Path, store: Store) -> None:
     signer = EhrTokenSigner.generate(ISSUER, alg="ES384")
     feedback_url = SERVICE + "/feedback"
-    body = {"feedback": [{"card": "00000000-0000-0000-0000-000000000000", "outcome": "overridden", "outcomeTimestamp": "2026-01-01T00:00:00Z"}]}
+    body = {
+        "feedback": [
+            {
+                "card": "00000000-0000-0000-0000-000000000000",
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-01-01T00:00:00Z",
+            }
+        ]
+    }
     with _client(tmp_path, store, {ISSUER: {"jwks": signer.jwks()}}) as client:
         wrong = client.post(feedback_url, json=body, headers={"Authorization": f"Bearer {signer.token(AUD)}"})
         _assert_refused(wrong, 401, "aud")
         right = client.post(
-            feedback_url, json=body, headers={"Authorization": f"Bearer {signer.token(PUBLIC_BASE + feedback_url)}"}
+            feedback_url,
+            json=body,
+            headers={"Authorization": f"Bearer {signer.token(PUBLIC_BASE + feedback_url)}"},
         )
         _assert_refused(right, 400, "not a card returned by this service")
 
 
 def test_jwt_off_only_by_explicit_setting(tmp_path: Path, store: Store) -> None:
     settings = settings_for(tmp_path, issuers={})
-    with TestClient(create_app(settings, session_factory=store.session_factory, ledger=store.ledger)) as client:
+    with TestClient(
+        create_app(settings, session_factory=store.session_factory, ledger=store.ledger)
+    ) as client:
         _assert_refused(_post(client, None), 401, "missing Authorization")
 
 

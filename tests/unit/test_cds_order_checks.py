@@ -25,18 +25,34 @@ def _day(days_ago: int) -> str:
 
 
 def order(text: str, oid: str = "o1", body_site: str | None = None) -> dict[str, Any]:
-    resource: dict[str, Any] = {"resourceType": "ServiceRequest", "id": oid, "status": "draft", "intent": "order", "code": {"text": text}, "subject": {"reference": "Patient/p1"}}
+    resource: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "id": oid,
+        "status": "draft",
+        "intent": "order",
+        "code": {"text": text},
+        "subject": {"reference": "Patient/p1"},
+    }
     if body_site:
         resource["bodySite"] = [{"text": body_site}]
     return resource
 
 
-def allergy(text: str, *, status: str = "active", criticality: str = "low", aid: str = "a1") -> dict[str, Any]:
+def allergy(
+    text: str, *, status: str = "active", criticality: str = "low", aid: str = "a1"
+) -> dict[str, Any]:
     return {
         "resourceType": "AllergyIntolerance",
         "id": aid,
         "meta": {"versionId": "3"},
-        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": status}]},
+        "clinicalStatus": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                    "code": status,
+                }
+            ]
+        },
         "criticality": criticality,
         "code": {"text": text},
         "patient": {"reference": "Patient/p1"},
@@ -76,8 +92,18 @@ def test_contrast_agent_from_order_text(text: str, agent: str | None) -> None:
 
 
 def test_non_imaging_orders_and_unselected_orders_are_ignored() -> None:
-    bundle = {"resourceType": "Bundle", "entry": [{"resource": order("CBC with differential", "lab")}, {"resource": order("CT chest with contrast", "ct")}, {"resource": order("MRI brain", "mr")}]}
-    assert [o.reference for o in draft_imaging_orders(bundle, None)] == ["ServiceRequest/ct", "ServiceRequest/mr"]
+    bundle = {
+        "resourceType": "Bundle",
+        "entry": [
+            {"resource": order("CBC with differential", "lab")},
+            {"resource": order("CT chest with contrast", "ct")},
+            {"resource": order("MRI brain", "mr")},
+        ],
+    }
+    assert [o.reference for o in draft_imaging_orders(bundle, None)] == [
+        "ServiceRequest/ct",
+        "ServiceRequest/mr",
+    ]
     assert [o.reference for o in draft_imaging_orders(bundle, ["ServiceRequest/mr"])] == ["ServiceRequest/mr"]
 
 
@@ -87,7 +113,10 @@ def test_iodinated_allergy_fires_on_ct_with_contrast_and_cites_it() -> None:
     card = contrast_allergy_card(ct, [allergy("Iodinated contrast media", criticality="high")], CTX)
     assert card is not None
     assert card.indicator == "critical"
-    assert card.extension == {"veritrace.evidence": ["AllergyIntolerance/a1/_history/3"], "veritrace.order": "ServiceRequest/o1"}
+    assert card.extension == {
+        "veritrace.evidence": ["AllergyIntolerance/a1/_history/3"],
+        "veritrace.order": "ServiceRequest/o1",
+    }
     assert card.selectionBehavior == "at-most-one"
     assert card.suggestions and card.suggestions[0].actions
     action = card.suggestions[0].actions[0]
@@ -144,14 +173,22 @@ def _pregnancy(value_code: str, display: str, days_ago: int) -> dict[str, Any]:
         "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "82810-3"}]},
         "effectiveDateTime": _day(days_ago),
-        "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": value_code, "display": display}]},
+        "valueCodeableConcept": {
+            "coding": [{"system": "http://snomed.info/sct", "code": value_code, "display": display}]
+        },
     }
 
 
 def test_pregnancy_fires_for_ionising_or_gadolinium_only() -> None:
     pregnant = [_pregnancy("77386006", "Pregnant", 12)]
     female = {"resourceType": "Patient", "id": "p1", "gender": "female"}
-    for text, fires in [("CT chest", True), ("XR chest", True), ("MRI brain with gadolinium", True), ("MRI brain", False), ("US abdomen", False)]:
+    for text, fires in [
+        ("CT chest", True),
+        ("XR chest", True),
+        ("MRI brain with gadolinium", True),
+        ("MRI brain", False),
+        ("US abdomen", False),
+    ]:
         parsed = read_imaging_order(order(text))
         assert parsed is not None
         assert (pregnancy_card(parsed, pregnant, female, CTX) is not None) is fires, text
