@@ -138,7 +138,12 @@ def _trusted_roots(
 
 
 def _check_entries(conn: sa.Connection, findings: _Findings) -> list[bytearray]:
-    """Re-encode and re-hash every entry; returns level 0 of the recomputed tree."""
+    """Re-encode and re-hash every entry against its stored leaf hash; returns the stored leaf hashes.
+
+    The tree above is then checked from the stored leaf hashes up, so a mismatch is reported where it is
+    (an altered entry at its own index, a stale node at the entries it covers) instead of at every
+    ancestor of a changed leaf.
+    """
     leaves = bytearray()
     external: dict[str, int] = {}
     result = conn.execution_options(yield_per=STREAM_BATCH).execute(
@@ -192,7 +197,7 @@ def _check_entries(conn: sa.Connection, findings: _Findings) -> list[bytearray]:
             elif "sha256:" + sha256(payload.encode()).hexdigest() != digest:
                 findings.add(index, f"entry {index}: payload does not match its digest")
                 reported_alteration = True
-        leaves += leaf
+        leaves += stored
     result.close()
     _check_external_payloads(conn, external, findings)
     return [leaves]
@@ -217,16 +222,15 @@ def _check_external_payloads(conn: sa.Connection, external: dict[str, int], find
 
 
 def _check_nodes(conn: sa.Connection, levels: list[bytearray], findings: _Findings) -> None:
-    """Recompute each level from the one below and compare it with the stored nodes of that level."""
+    """Each stored node must be the hash of its two stored children; builds ``levels`` from the nodes."""
     sha256 = hashlib.sha256
     level = 0
     while len(levels[level]) >= 2 * HASH_SIZE:
         below = levels[level]
         width = len(below) // (2 * HASH_SIZE)
-        above = bytearray()
+        expected = bytearray()
         for k in range(width):
-            above += sha256(b"\x01" + below[64 * k : 64 * k + 64]).digest()
-        levels.append(above)
+            expected += sha256(b"\x01" + below[64 * k : 64 * k + 64]).digest()
         level += 1
         stored_index: list[int] = []
         stored = bytearray()
@@ -237,23 +241,22 @@ def _check_nodes(conn: sa.Connection, levels: list[bytearray], findings: _Findin
         ):
             stored_index.append(node_index)
             stored += value
-        if stored == above and stored_index == list(range(width)):
+        levels.append(stored if stored_index == list(range(width)) else expected)
+        if stored == expected and stored_index == list(range(width)):
             continue
         for k in range(width):
             if k >= len(stored_index) or stored_index[k] != k:
                 findings.add(k << level, f"tree node ({level}, {k}) is missing from the stored tree")
                 break
-            if stored[32 * k : 32 * k + 32] != above[32 * k : 32 * k + 32]:
+            if stored[32 * k : 32 * k + 32] != expected[32 * k : 32 * k + 32]:
                 first, last = k << level, ((k + 1) << level) - 1
                 findings.add(
                     first, f"entries {first}..{last} do not match the tree stored when they were appended"
                 )
                 break
         else:
-            findings.add(
-                width << level,
-                f"stored tree has {len(stored_index) - width} node(s) beyond the log at level {level}",
-            )
+            extra = len(stored_index) - width
+            findings.add(width << level, f"stored tree has {extra} node(s) beyond the log at level {level}")
     extra = conn.execute(sa.select(sa.func.count()).select_from(nodes).where(nodes.c.level > level)).scalar()
     if extra:
         size = len(levels[0]) // HASH_SIZE
