@@ -255,8 +255,8 @@ def _check_nodes(conn: sa.Connection, levels: list[bytearray], findings: _Findin
                 )
                 break
         else:
-            extra = len(stored_index) - width
-            findings.add(width << level, f"stored tree has {extra} node(s) beyond the log at level {level}")
+            surplus = len(stored_index) - width
+            findings.add(width << level, f"stored tree has {surplus} node(s) beyond the log at level {level}")
     extra = conn.execute(sa.select(sa.func.count()).select_from(nodes).where(nodes.c.level > level)).scalar()
     if extra:
         size = len(levels[0]) // HASH_SIZE
