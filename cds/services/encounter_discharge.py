@@ -1,7 +1,8 @@
 """``encounter-discharge``: AI findings still awaiting follow-up when the patient leaves.
 
 A finding is unresolved when its draft report is current (not superseded, not overtaken by a final
-report) and no clinician has accepted a card about that report; it needs follow-up when its severity is
+report) and no clinician has accepted a card about that report (the discharge card offers an
+action-less "follow-up arranged" suggestion for exactly that); it needs follow-up when its severity is
 above normal or its text asks for follow-up (incidental findings usually do). Same staleness rule and
 degradation as ``patient-view``.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from cds.cards import Card, Indicator, Link, shorten_summary
+from cds.cards import Card, Indicator, Link, Suggestion, shorten_summary
 from cds.discovery import USAGE_REQUIREMENTS, ServiceDefinition
 from cds.hook_call import HookCall, HookOutcome, override_reasons, source
 from cds.hook_request import EncounterDischargeContext
@@ -80,6 +81,10 @@ def encounter_discharge_cards(call: HookCall) -> HookOutcome:
             detail=detail,
             indicator=Indicator.CRITICAL if worst == 3 else Indicator.WARNING,
             source=source("Veritrace AI draft report", "unresolved-finding", "Unresolved AI finding"),
+            # Accepting this (action-less) suggestion is how a clinician marks the findings resolved:
+            # the feedback endpoint records it and later discharge calls no longer list them.
+            suggestions=(Suggestion(label="Follow-up arranged: mark these findings resolved"),),
+            selectionBehavior="at-most-one",
             overrideReasons=DISCHARGE_OVERRIDES,
             links=(
                 Link(
