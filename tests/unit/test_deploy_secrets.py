@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import stat
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -21,9 +22,13 @@ ORIGIN = "veritrace.example-hospital.invalid/ledger"
 def load_deploy_module(relative: str) -> ModuleType:
     """deploy/ is not an installed package (it never ships in the image); load its scripts by path."""
     path = REPO / relative
-    spec = importlib.util.spec_from_file_location(path.stem, path)
+    name = f"veritrace_deploy_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is being built
     spec.loader.exec_module(module)
     return module
 
