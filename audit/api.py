@@ -4,8 +4,6 @@ Errors are FHIR OperationOutcome JSON: 404 for an index the log does not hold, 4
 The composition root mounts the router behind its own authentication: entries carry patient references.
 """
 
-from __future__ import annotations
-
 import base64
 from collections.abc import Callable
 from typing import Annotated, Any
