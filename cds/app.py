@@ -8,7 +8,6 @@ is a 500 OperationOutcome without internals.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,11 +22,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from audit import Ledger
+from audit.api import build_audit_router
 from cds.client_auth.jti_replay import JtiReplayCache
 from cds.client_auth.jwks_cache import JwksCache
 from cds.client_auth.trusted_issuers import TrustedIssuers
 from cds.client_auth.verify import ClientTokenVerifier
-from cds.hook_audit import AuditLedger
 from cds.operation_outcome import CdsError, IssueCode, operation_outcome
 from cds.prefetch import PrefetchFetcher
 from cds.routes import discovery, feedback, health, services
@@ -102,20 +102,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, "exception", "internal error")
 
 
-def _mount_audit_api(app: FastAPI, ledger: AuditLedger) -> None:
-    if importlib.util.find_spec("audit.api") is None:
-        log.warning("audit review API (audit.api) is not installed yet; not mounted")
-        return
-    from audit.api import build_audit_router  # type: ignore[import-not-found,unused-ignore]
-
-    app.include_router(build_audit_router(lambda: ledger))
-
-
 def create_app(
     settings: Settings,
     *,
     session_factory: sessionmaker[Session],
-    ledger: AuditLedger,
+    ledger: Ledger,
     services_catalog: dict[str, RegisteredService] | None = None,
 ) -> FastAPI:
     """The CDS Hooks API. ``services_catalog`` defaults to every Veritrace service."""
@@ -147,5 +138,5 @@ def create_app(
     _install_error_handlers(app)
     for router in (discovery.router, services.router, feedback.router, health.router):
         app.include_router(router)
-    _mount_audit_api(app, ledger)
+    app.include_router(build_audit_router(lambda: ledger))
     return app

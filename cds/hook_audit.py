@@ -7,24 +7,7 @@ context resources and free-text user comments never enter the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol
-
 ANONYMOUS_ACTOR = "cds-client:unauthenticated"
-
-
-class AuditLedger(Protocol):
-    """The part of ``audit.Ledger`` the CDS service uses."""
-
-    def append(
-        self,
-        kind: str,
-        actor: str,
-        payload: Mapping[str, Any],
-        *,
-        patient_ref: str | None = None,
-        study_uid: str | None = None,
-    ) -> object: ...
 
 
 def actor_for(issuer: str | None) -> str:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
+from audit import Ledger
 from cds.client_auth.verify import ClientTokenVerifier
-from cds.hook_audit import AuditLedger
 from cds.prefetch import PrefetchFetcher
 from cds.service_catalog import RegisteredService
 
@@ -17,7 +17,7 @@ from cds.service_catalog import RegisteredService
 class CdsRuntime:
     public_base_url: str
     session_factory: sessionmaker[Session]
-    ledger: AuditLedger
+    ledger: Ledger
     verifier: ClientTokenVerifier | None
     """None only when JWT verification was switched off explicitly (embedded demo)."""
     fetcher: PrefetchFetcher
