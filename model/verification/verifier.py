@@ -157,15 +157,20 @@ def _related(statement: Statement, words: set[str], item_facts: EvidenceFacts) -
 
 
 def _decimals(value: Decimal) -> int:
-    exponent = value.normalize().as_tuple().exponent
+    """Decimal places as written: ``91.0`` has one (it claims precision to 0.1), ``91`` none."""
+    exponent = value.as_tuple().exponent
     return -exponent if isinstance(exponent, int) and exponent < 0 else 0
 
 
 def same_number(stated: Decimal, actual: Decimal) -> bool:
-    """Equal, or ``actual`` rounded to one decimal place fewer than it has (1.12 read as 1.1, not as 1)."""
+    """Equal, or ``actual`` rounded to one decimal place fewer than it has (1.12 read as 1.1, not as 1).
+
+    A stated ``91.0`` claims a tenth's precision, so it does not match 91.2; the evidence's trailing
+    zeros claim nothing (a FHIR decimal 68.0 is stored as it was sent).
+    """
     if stated == actual:
         return True
-    places = _decimals(actual)
+    places = _decimals(actual.normalize())
     if places == 0 or _decimals(stated) != places - 1:
         return False
     step = Decimal(1).scaleb(-(places - 1))
