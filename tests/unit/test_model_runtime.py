@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from model.config import ModelConfig
@@ -17,6 +18,7 @@ from model.tiny import TINY_FAMILIES, make_tiny
 from model.weights_digest import weights_sha256
 
 FAMILIES = sorted(TINY_FAMILIES)
+torch.set_num_threads(1)  # shared CI box: one thread per tiny model is faster under contention
 
 
 @pytest.fixture(scope="module")
