@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -36,9 +36,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class LocalFhirServer:
     """sekmet-fhir on ``(host, port)`` with its data under ``data_dir``.
 
-    ``port=None`` picks a free port. ``bearer_tokens`` switches the server from open access to static
-    bearer tokens, so a client's ``Authorization`` header is really checked. Use as a context manager,
-    or call ``start()`` / ``stop()``.
+    ``port=None`` picks a free port. ``bearer_tokens`` (static tokens) and ``smart_clients`` (SMART
+    Backend Services clients: ``{"client_id", "jwks", "scopes"}``, tokens from ``/auth/token``) switch
+    the server from open access to checking the client's ``Authorization`` header. Use as a context
+    manager, or call ``start()`` / ``stop()``.
     """
 
     def __init__(
@@ -48,6 +49,8 @@ class LocalFhirServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         bearer_tokens: tuple[str, ...] = (),
+        smart_clients: tuple[dict[str, Any], ...] = (),
+        token_lifetime_s: int = 3600,
         startup_timeout_s: float = 30.0,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
@@ -55,6 +58,8 @@ class LocalFhirServer:
         self._auto_port = port is None
         self.port = port if port is not None else free_port(host)
         self.bearer_tokens = bearer_tokens
+        self.smart_clients = smart_clients
+        self.token_lifetime_s = token_lifetime_s
         self.startup_timeout_s = startup_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -65,6 +70,11 @@ class LocalFhirServer:
         return f"http://{self.host}:{self.port}/fhir"
 
     @property
+    def token_url(self) -> str:
+        """sekmet-fhir's SMART token endpoint (used when ``smart_clients`` are registered)."""
+        return f"http://{self.host}:{self.port}/auth/token"
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir / "server.log"
 
@@ -73,11 +83,13 @@ class LocalFhirServer:
         return self._process is not None and self._process.poll() is None
 
     def _write_settings(self) -> Path:
-        auth: dict[str, object] = (
-            {"types": ["bearer"], "tokens": list(self.bearer_tokens)}
-            if self.bearer_tokens
-            else {"types": ["none"]}
-        )
+        types = [*(["bearer"] if self.bearer_tokens else []), *(["smart"] if self.smart_clients else [])]
+        auth: dict[str, object] = {
+            "types": types or ["none"],
+            "tokens": list(self.bearer_tokens),
+            "smart_clients": list(self.smart_clients),
+            "token_lifetime": self.token_lifetime_s,
+        }
         settings = {
             "base_url": self.base_url,
             "host": self.host,

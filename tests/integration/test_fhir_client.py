@@ -48,17 +48,6 @@ def _observation(pid: str, day: int, value: float, ident: str | None = None) -> 
     return obs
 
 
-def test_server_answers_metadata_and_stops(tmp_path: Path) -> None:
-    server = LocalFhirServer(tmp_path / "srv")
-    with server:
-        assert server.running
-        assert httpx.get(f"{server.base_url}/metadata").json()["fhirVersion"] == "4.0.1"
-        assert (tmp_path / "srv" / "sekmet.db").exists()
-    assert not server.running
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{server.base_url}/metadata", timeout=2)
-
-
 def test_update_creates_then_versions(fhir_client: FhirClient) -> None:
     pid = f"p-{_uid()}"
     first = fhir_client.update(_patient(pid))
@@ -188,13 +177,20 @@ def test_transaction_failure_rolls_back(fhir_client: FhirClient) -> None:
     assert err.value.status == 404
 
 
-def test_bearer_token_is_sent(tmp_path: Path) -> None:
-    with LocalFhirServer(tmp_path / "srv", bearer_tokens=("s3cret",)) as server:
+def test_private_server_lifecycle_and_bearer_token(tmp_path: Path) -> None:
+    server = LocalFhirServer(tmp_path / "srv", bearer_tokens=("s3cret",))
+    with server:
+        assert server.running
+        assert httpx.get(f"{server.base_url}/metadata").json()["fhirVersion"] == "4.0.1"
+        assert (tmp_path / "srv" / "sekmet.db").exists()
         with FhirClient(server.base_url) as anonymous, pytest.raises(FhirRequestError) as err:
             anonymous.read("Patient", "any")
         assert err.value.status == 401
         with FhirClient(server.base_url, token="s3cret") as client:
             assert client.update(_patient("tok-1")).created
+    assert not server.running
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.base_url}/metadata", timeout=2)
 
 
 def test_logs_name_type_id_and_status_but_no_contents(
