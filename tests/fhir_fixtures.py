@@ -1,9 +1,9 @@
 """Pytest fixtures for a real FHIR server (sekmet-fhir as a child process) and a client on it.
 
-Import them into ``tests/conftest.py`` (``from tests.fhir_fixtures import fhir_client, fhir_server``).
-The FHIR test modules import them too, so they run before that conftest exists; pytest then holds
-one session fixture per importing module, so the server itself is a process-wide singleton: the first
-fixture instance starts it and stops it at session end, the others reuse it.
+``tests/conftest.py`` imports them, so every test module can ask for them. Should a module import them
+again, pytest would hold one session fixture per importing module; the server is therefore a
+process-wide singleton: the first fixture instance starts it and stops it at session end, the others
+reuse it.
 """
 
 from __future__ import annotations

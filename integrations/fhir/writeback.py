@@ -101,11 +101,12 @@ def write_draft_report(
     if existing is not None:
         provenances = client.search("Provenance", {"target": f"DiagnosticReport/{existing['id']}"})
         if provenances:
+            who = str(((provenances[0].get("agent") or [{}])[0].get("who") or {}).get("reference", ""))
             return WrittenReport(
                 id=existing["id"],
                 version_id=(existing.get("meta") or {}).get("versionId"),
                 provenance_id=provenances[0]["id"],
-                device_id=None,
+                device_id=who.split("/")[-1] if who.startswith("Device/") else None,
                 created=False,
             )
         # Written by a client that did not use a transaction: complete it rather than duplicate it.

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.fhir_fixtures are redefined as arguments)
 """FhirClient against a real sekmet-fhir server on a localhost port."""
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import pytest
 from integrations.fhir.client import FhirClient
 from integrations.fhir.errors import FhirRequestError
 from integrations.fhir.server import LocalFhirServer
-from tests.fhir_fixtures import fhir_client, fhir_server  # noqa: F401  (fixtures)
 
 
 def _uid() -> str:

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.fhir_fixtures are redefined as arguments)
 """read_patient_record against a real sekmet-fhir loaded with the synthetic patients."""
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from integrations.fhir.patient_record import read_patient_record
 from integrations.fhir.server import LocalFhirServer
 from integrations.fhir.synthetic import generate_patients, load_synthetic_patients
 from model.context import PatientContext
-from tests.fhir_fixtures import fhir_client, fhir_server  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.fhir_fixtures are redefined as arguments)
 """Synthetic patients: deterministic, valid, and loaded idempotently into a real sekmet-fhir."""
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import pytest
 from integrations.fhir import codes
 from integrations.fhir.client import FhirClient
 from integrations.fhir.synthetic import SyntheticPatient, generate_patients, load_synthetic_patients
-from tests.fhir_fixtures import fhir_client, fhir_server  # noqa: F401  (fixtures)
 
 
 def _loinc_codes(patient: SyntheticPatient) -> list[str]:

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.fhir_fixtures are redefined as arguments)
 """write_draft_report against a real sekmet-fhir: content, labels, provenance, idempotency."""
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from integrations.fhir.synthetic import generate_patients, load_synthetic_patien
 from integrations.fhir.validation import validate_resource
 from integrations.fhir.writeback import MODEL_WEIGHTS_IDENTIFIER, write_draft_report
 from model.report import Statement
-from tests.fhir_fixtures import fhir_client, fhir_server  # noqa: F401  (fixtures)
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.12345"
 MODEL = {
@@ -94,7 +92,11 @@ def test_retry_returns_the_existing_report(synthetic_loaded: None, fhir_client: 
     first, _ = _write(fhir_client, analysis_id)
     again, _ = _write(fhir_client, analysis_id)
     assert not again.created
-    assert (again.id, again.provenance_id) == (first.id, first.provenance_id)
+    assert (again.id, again.provenance_id, again.device_id) == (
+        first.id,
+        first.provenance_id,
+        first.device_id,
+    )
     token = f"{codes.ANALYSIS_IDENTIFIER}|{analysis_id}"
     assert len(fhir_client.search("DiagnosticReport", {"identifier": token})) == 1
     assert len(fhir_client.search("Provenance", {"target": f"DiagnosticReport/{first.id}"})) == 1
