@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from cds.cards import CdsResponse
 from cds.client_auth.authenticate import authenticate
+from cds.commit_policy import commit_without_flush_wait
 from cds.hook_audit import actor_for, patient_ref_for
 from cds.hook_call import HookCall, HookOutcome
 from cds.hook_request import HookRequest
@@ -114,6 +115,7 @@ def _build_and_store(
     if outcome.cards:
         patient_id = getattr(call.context, "patientId", None)
         with runtime.session_factory() as session:
+            commit_without_flush_wait(session)
             session.add_all(
                 StoredCard(
                     uuid=card["uuid"],

@@ -14,6 +14,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cds.commit_policy import commit_without_flush_wait
 from integrations.store.models import SeenJwtId
 
 
@@ -33,6 +34,7 @@ class JtiReplayCache:
         key = f"{iss}\x1f{jti}"[:512]
         now = datetime.now(UTC)
         with self._session_factory() as session:
+            commit_without_flush_wait(session)
             self._purge_if_due(session, now)
             session.add(SeenJwtId(key=key, expires_at=expires_at))
             try:
