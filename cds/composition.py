@@ -53,10 +53,10 @@ class Components:
         ensure_signing_key(self.settings.ledger_config())
 
     def enqueue_analysis(self, analysis_id: str) -> None:
-        self.celery.send_task(ANALYSE_TASK, args=[analysis_id], queue="gpu")
+        self.celery.send_task(ANALYSE_TASK, args=[analysis_id], queue="gpu", routing_key="gpu")
 
     def enqueue_writeback(self, report_id: str) -> None:
-        self.celery.send_task(WRITEBACK_TASK, args=[report_id], queue="io")
+        self.celery.send_task(WRITEBACK_TASK, args=[report_id], queue="io", routing_key="io")
 
     def worker_runtime(self) -> WorkerRuntime:
         return WorkerRuntime(

@@ -7,6 +7,7 @@ process running a tiny untrained VLM, a signed CDS Hooks call, and the audit led
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -38,7 +39,9 @@ def _step(console: Console, text: str) -> Iterator[None]:
     console.print(f"[green]✓[/] {text} [dim]({time.perf_counter() - started:.1f} s)[/]")
 
 
-def _wait_for_report(components: Components, study_uid: str, timeout_s: float) -> Report:
+def _wait_for_report(
+    components: Components, worker: subprocess.Popen[bytes], study_uid: str, timeout_s: float
+) -> Report:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with components.session_factory() as session:
@@ -50,6 +53,8 @@ def _wait_for_report(components: Components, study_uid: str, timeout_s: float) -
                 .join(Study, Analysis.study_id == Study.id)
                 .where(Study.study_uid == study_uid, Analysis.status == "failed")
             )
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker process exited ({worker.returncode}); see its log")
         if report is not None and report.fhir_report_id:
             return report
         if failed:
@@ -112,7 +117,9 @@ def run_demo(settings: Settings, *, keep_running: bool = False) -> int:
             ids = load_synthetic_patients(client, generate_patients())
         console.print(f"  patients: {', '.join(ids)}")
         with _step(console, "Worker process started (queues gpu, io)"):
-            stack.enter_context(worker_subprocess())
+            worker = stack.enter_context(
+                worker_subprocess(log_path=settings.resolved_home / "logs" / "worker.log")
+            )
         with _step(console, f"DICOM SCP {settings.dicom_ae_title} listening on port {settings.dicom_port}"):
             stack.enter_context(dicom_gateway(components))
         with _step(console, f"CDS Hooks API on {settings.resolved_public_base_url}"):
@@ -127,7 +134,7 @@ def run_demo(settings: Settings, *, keep_running: bool = False) -> int:
             if accepted != len(paths):
                 raise RuntimeError(f"SCP accepted {accepted} of {len(paths)} instances")
         with _step(console, f"Study stable after {settings.stable_age:g} s, analysed, draft written to FHIR"):
-            report = _wait_for_report(components, study_uid, WAIT_FOR_DRAFT_S)
+            report = _wait_for_report(components, worker, study_uid, WAIT_FOR_DRAFT_S)
         console.print(f"  DiagnosticReport/{report.fhir_report_id} (status preliminary) on {fhir.base_url}")
         with _step(console, "patient-view hook fired with a signed CDS client JWT"):
             response = ehr.call_patient_view(settings, DEMO_PATIENT, fhir.base_url)
@@ -136,7 +143,10 @@ def run_demo(settings: Settings, *, keep_running: bool = False) -> int:
         _print_trace(console, components, study_uid)
         with _step(console, "Audit ledger verified from the database against the latest checkpoint"):
             components.ledger.checkpoint()
-            components.ledger.verify()
+            verification = components.ledger.verify()
+        if not verification.ok:
+            console.print(f"[b red]Ledger verification FAILED at index {verification.first_bad_index}[/]")
+            return 1
         console.print("[b green]Demo complete.[/]")
         if keep_running:
             console.print("Services stay up; press Ctrl-C to stop.")

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import uvicorn
 
@@ -69,16 +70,27 @@ def dicom_gateway(components: Components) -> Iterator[None]:
 
 
 @contextmanager
-def worker_subprocess(queues: str = "gpu,io") -> Iterator[subprocess.Popen[bytes]]:
+def worker_subprocess(
+    queues: str = "gpu,io", log_path: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """A separate worker process (same environment), so the model never shares the API's interpreter."""
     command = [sys.executable, "-m", "cds.cli", "worker", "-Q", queues]
-    process = subprocess.Popen(command, env=dict(os.environ))
-    try:
-        yield process
-    finally:
-        process.terminate()
+    with ExitStack() as stack:
+        output = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            output = stack.enter_context(log_path.open("ab"))
+        process = subprocess.Popen(command, env=dict(os.environ), stdout=output, stderr=output)
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            yield process
+        finally:
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

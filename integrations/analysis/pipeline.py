@@ -44,7 +44,7 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
         analysis.attempts += 1
         session.commit()
         study_uid, dicom_patient_id = study.study_uid, study.patient_id
-        paths = study_instance_paths(session, analysis_id)
+        paths = study_instance_paths(session, analysis_id, runtime.spool_dir)
 
     ledger = runtime.ledger
     ledger.append(

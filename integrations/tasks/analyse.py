@@ -24,6 +24,11 @@ def analyse_study(self: Task, analysis_id: str) -> str | None:  # type: ignore[t
             mark_failed(runtime, analysis_id, f"FHIR unavailable: {exc}")
             return None
         raise self.retry(exc=exc, countdown=min(300, 5 * 2**self.request.retries)) from exc
+    except Exception as exc:
+        # Not retryable: record why (the exception type and message carry no patient data by
+        # construction of our own errors) so the study shows as failed instead of running forever.
+        mark_failed(runtime, analysis_id, f"{type(exc).__name__}: {exc}")
+        raise
 
 
 @shared_task(name=WRITEBACK_TASK, bind=True, acks_late=True, max_retries=8)
