@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from audit.config import LedgerConfig
-from integrations.fhir.config import FhirConfig
-from model.config import ModelConfig
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from audit.config import LedgerConfig
 from integrations.dicom.config import DicomConfig
+from integrations.fhir.config import FhirConfig
 from integrations.store.config import StoreConfig
+from model.config import ModelConfig
 
 
 class Settings(BaseSettings):
