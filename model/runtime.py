@@ -35,6 +35,8 @@ from model.processors import VeritraceQwen2_5_VLImageProcessor, register_process
 from model.tiny import UNTRAINED_FLAG
 from model.weights_digest import weights_sha256
 
+IMAGE_TOKENS_FALLBACK = 256  # a family whose processor cannot count its image tokens: assume Gemma 3's
+
 
 class ModelLoadError(ValueError):
     """The configured model cannot be loaded as asked (not local, remote code, unknown family, ...)."""
@@ -226,6 +228,19 @@ class LoadedVlm:
             self._schema_compiler = SchemaCompiler(self.tokenizer, self.vocab_size, self.stop_token_ids)
         return self._schema_compiler
 
+    def estimate_prompt_tokens(self, request: GenerationRequest) -> int:
+        """Prompt length in tokens (text plus image placeholders) without running the image processor."""
+        text = len(self.tokenizer(request.prompt, add_special_tokens=False)["input_ids"]) + 16  # + template
+        if not request.images:
+            return text
+        sizes = [(im.height, im.width) for im in request.images]
+        try:
+            count_tokens = getattr(self.processor, "_get_num_multimodal_tokens")  # noqa: B009 - private API
+            counts = count_tokens(image_sizes=sizes).num_image_tokens
+        except (AttributeError, TypeError, ValueError):
+            counts = [IMAGE_TOKENS_FALLBACK] * len(sizes)
+        return text + sum(int(c) for c in counts) + 2 * len(sizes)
+
     def generate(
         self,
         images: Sequence[Image.Image],
@@ -264,11 +279,14 @@ class LoadedVlm:
             out[key] = value
         return out
 
-    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], *, static_cache: bool = False
+    ) -> list[Generation]:
         """Greedy generation for several studies in one batch; row i of the result answers request i.
 
         Requests are left-padded together, so each row's greedy tokens equal what it gets alone (the
-        batching test checks this token for token).
+        batching test checks this token for token). `static_cache` pre-allocates the KV cache, which on
+        CUDA lets transformers compile the decode step into CUDA graphs (worth it for a fixed batch size).
         """
         if not requests:
             return []
@@ -298,6 +316,7 @@ class LoadedVlm:
                 eos_token_id=self.stop_token_ids,
                 pad_token_id=self.pad_token_id,
                 logits_processor=LogitsProcessorList(processors),
+                **({"cache_implementation": "static"} if static_cache else {}),
             )
             done = time.perf_counter()
         prompt_len = int(inputs["input_ids"].shape[1])
