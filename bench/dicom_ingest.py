@@ -48,8 +48,13 @@ def generate(kind: str, count: int, rows: int, columns: int, modality: str) -> P
     series = generate_uid()
     for i in range(count):
         ds = make_image(
-            study_uid=study, series_uid=series, modality=modality, rows=rows, columns=columns,
-            instance_number=i + 1, seed=i,
+            study_uid=study,
+            series_uid=series,
+            modality=modality,
+            rows=rows,
+            columns=columns,
+            instance_number=i + 1,
+            seed=i,
         )
         write_part10(ds, folder / f"{i:05d}.dcm")
     return folder
@@ -90,7 +95,10 @@ def storescu(port: int, called: str, folder: Path) -> float:
     start = time.perf_counter()
     subprocess.run(
         ["storescu", "-aet", "BENCH", "-aec", called, "-R", "+sd", "127.0.0.1", str(port), str(folder)],
-        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     return time.perf_counter() - start
 
@@ -114,25 +122,23 @@ class Row:
 
 def serve(args: argparse.Namespace) -> None:
     """Child process: our SCP + tracker until SIGTERM."""
+    from audit import Ledger, LedgerConfig
     from integrations.dicom.config import DicomConfig
     from integrations.dicom.scp import StorageScp
     from integrations.dicom.stability import StableStudyTracker
     from integrations.store.config import StoreConfig
     from integrations.store.engine import make_engine, make_session_factory
-
-    sys.path.insert(0, str(REPO / "tests" / "unit"))
-    from test_dicom_stability import migrate_store  # the store migrations without the ledger's
-
-    class NullLedger:
-        def append(self, *a: object, **k: object) -> None:
-            return None
+    from integrations.store.migrate import upgrade_database
 
     engine = make_engine(StoreConfig(database_url=args.database_url))
-    migrate_store(engine)
+    upgrade_database(engine)
     sessions = make_session_factory(engine)
-    config = DicomConfig(spool_dir=Path(args.spool), port=args.port, min_free_bytes=0, fsync=not args.no_fsync)
-    scp = StorageScp(config, sessions, NullLedger())
-    tracker = StableStudyTracker(sessions, NullLedger(), args.stable_age, lambda _id: None)
+    ledger = Ledger(engine, LedgerConfig(key_dir=Path(args.spool).parent / "keys", anchor_dir=None))
+    config = DicomConfig(
+        spool_dir=Path(args.spool), port=args.port, min_free_bytes=0, fsync=not args.no_fsync
+    )
+    scp = StorageScp(config, sessions, ledger)
+    tracker = StableStudyTracker(sessions, ledger, args.stable_age, lambda _id: None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     scp.start()
@@ -141,15 +147,28 @@ def serve(args: argparse.Namespace) -> None:
     scp.stop()
 
 
-def run_ours(folders: dict[str, Path], rss_folder: Path | None, args: argparse.Namespace) -> tuple[list[Row], dict]:
+def run_ours(
+    folders: dict[str, Path], rss_folder: Path | None, args: argparse.Namespace
+) -> tuple[list[Row], dict]:
     from sqlalchemy import create_engine, text
 
     work = Path(tempfile.mkdtemp(prefix="vt-bench-ours-"))
     port = free_port()
     db_url = args.database_url or f"sqlite:///{work / 'vt.db'}"
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "--port", str(port), "--spool", str(work / "spool"),
-         "--database-url", db_url, "--stable-age", str(args.stable_age)]
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            "--port",
+            str(port),
+            "--spool",
+            str(work / "spool"),
+            "--database-url",
+            db_url,
+            "--stable-age",
+            str(args.stable_age),
+        ]
         + (["--no-fsync"] if args.no_fsync else []),
         env={**os.environ, "TCP_NODELAY": "1"},
     )
@@ -161,13 +180,18 @@ def run_ours(folders: dict[str, Path], rss_folder: Path | None, args: argparse.N
         sampler.start()
         for name, folder in folders.items():
             seconds = storescu(port, "VERITRACE", folder)
-            rows.append(Row("Veritrace SCP", name, len(list(folder.iterdir())), seconds, folder_bytes(folder) / 1e6))
+            rows.append(
+                Row("Veritrace SCP", name, len(list(folder.iterdir())), seconds, folder_bytes(folder) / 1e6)
+            )
         time.sleep(args.stable_age + 1.5)
         engine = create_engine(db_url)
         with engine.connect() as c:
-            lat = c.execute(text(
-                "SELECT s.last_received_at, a.queued_at FROM analyses a JOIN studies s ON s.id = a.study_id"
-            )).all()
+            lat = c.execute(
+                text(
+                    "SELECT s.last_received_at, a.queued_at FROM analyses a"
+                    " JOIN studies s ON s.id = a.study_id"
+                )
+            ).all()
         engine.dispose()
         from datetime import datetime
 
@@ -181,8 +205,13 @@ def run_ours(folders: dict[str, Path], rss_folder: Path | None, args: argparse.N
             seconds = storescu(port, "VERITRACE", rss_folder)
             n = len(list(rss_folder.iterdir()))
             samples = sampler.samples
-            extra["rss"] = {"instances": n, "before_mb": before / 1e6, "peak_mb": max(samples) / 1e6,
-                            "after_mb": samples[-1] / 1e6, "per_s": n / seconds}
+            extra["rss"] = {
+                "instances": n,
+                "before_mb": before / 1e6,
+                "peak_mb": max(samples) / 1e6,
+                "after_mb": samples[-1] / 1e6,
+                "per_s": n / seconds,
+            }
         sampler.stop_event.set()
     finally:
         child.send_signal(signal.SIGTERM)
@@ -196,12 +225,20 @@ def run_storescp(folders: dict[str, Path]) -> list[Row]:
     port = free_port()
     child = subprocess.Popen(
         ["storescp", "-aet", "STORESCP", "+xa", "-od", str(work), str(port)],
-        env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_port(port)
         return [
-            Row("dcmtk storescp", name, len(list(f.iterdir())), storescu(port, "STORESCP", f), folder_bytes(f) / 1e6)
+            Row(
+                "dcmtk storescp",
+                name,
+                len(list(f.iterdir())),
+                storescu(port, "STORESCP", f),
+                folder_bytes(f) / 1e6,
+            )
             for name, f in folders.items()
         ]
     finally:
@@ -213,8 +250,10 @@ def run_storescp(folders: dict[str, Path]) -> list[Row]:
 def orthanc_config(storage: Path, http_port: int, dicom_port: int, veritrace_port: int) -> Path:
     template = (REPO / "deploy" / "orthanc" / "orthanc-pacs.json").read_text()
     text = (
-        template.replace("__STORAGE__", str(storage)).replace("__HTTP_PORT__", str(http_port))
-        .replace("__DICOM_PORT__", str(dicom_port)).replace("__VERITRACE_PORT__", str(veritrace_port))
+        template.replace("__STORAGE__", str(storage))
+        .replace("__HTTP_PORT__", str(http_port))
+        .replace("__DICOM_PORT__", str(dicom_port))
+        .replace("__VERITRACE_PORT__", str(veritrace_port))
     )
     path = storage / "orthanc.json"
     path.write_text(text)
@@ -228,14 +267,21 @@ def run_orthanc(folders: dict[str, Path]) -> list[Row]:
     http_port, dicom_port = free_port(), free_port()
     child = subprocess.Popen(
         ["Orthanc", str(orthanc_config(work, http_port, dicom_port, 1))],
-        env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_port(dicom_port)
         wait_port(http_port)
         rows = [
-            Row("Orthanc", name, len(list(f.iterdir())), storescu(port=dicom_port, called="ORTHANC", folder=f),
-                folder_bytes(f) / 1e6)
+            Row(
+                "Orthanc",
+                name,
+                len(list(f.iterdir())),
+                storescu(port=dicom_port, called="ORTHANC", folder=f),
+                folder_bytes(f) / 1e6,
+            )
             for name, f in folders.items()
         ]
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/statistics", timeout=10) as response:
@@ -281,10 +327,17 @@ def main() -> None:
     print("| target | data set | instances | seconds | instances/s | MB/s |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for row in rows:
-        print(f"| {row.target} | {row.dataset} | {row.instances} | {row.seconds:.2f} | {row.per_s:.0f} | {row.mb_s:.0f} |")
+        print(
+            f"| {row.target} | {row.dataset} | {row.instances} | {row.seconds:.2f}"
+            f" | {row.per_s:.0f} | {row.mb_s:.0f} |"
+        )
     by = {(r.target, r.dataset): r for r in rows}
     for name in folders:
-        ours_row, ref, orth = by.get(("Veritrace SCP", name)), by.get(("dcmtk storescp", name)), by.get(("Orthanc", name))
+        ours_row, ref, orth = (
+            by.get(("Veritrace SCP", name)),
+            by.get(("dcmtk storescp", name)),
+            by.get(("Orthanc", name)),
+        )
         if ours_row and ref:
             ratio = f"{ours_row.per_s / ref.per_s:.2f}x storescp"
             if orth:

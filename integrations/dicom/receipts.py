@@ -87,13 +87,19 @@ class ReceiptBatcher:
             "instances": batch.instances,
         }
         try:
-            self._ledger.append(
-                KIND_RECEIVED,
-                self._actor,
-                payload,
-                patient_ref=batch.patient_ref,
-                study_uid=batch.study_uid,
-            )
+            try:
+                self._ledger.append(
+                    KIND_RECEIVED,
+                    self._actor,
+                    payload,
+                    patient_ref=batch.patient_ref,
+                    study_uid=batch.study_uid,
+                )
+            except ValueError:
+                # The ledger only indexes well-formed UIDs; a sender's malformed Study Instance UID must not
+                # cost the receipt, so it is recorded without the study index and says so.
+                payload["study_uid_malformed"] = True
+                self._ledger.append(KIND_RECEIVED, self._actor, payload, patient_ref=batch.patient_ref)
         except Exception:
             # The instances are already durable in the spool and the index; losing the receipt entry must
             # not turn into losing the images. Logged without identifiers for the operator to reconcile.
