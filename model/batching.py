@@ -67,6 +67,7 @@ class BatchScheduler:
         kv_token_budget: int = 262_144,
         max_wait_s: float = 0.005,
         static_cache: bool = False,
+        min_new_tokens: int = 0,
     ) -> None:
         if max_batch < 1 or kv_token_budget < 1:
             raise ValueError(f"max_batch ({max_batch}) and kv_token_budget ({kv_token_budget}) must be >= 1")
@@ -75,6 +76,7 @@ class BatchScheduler:
         self.kv_token_budget = kv_token_budget
         self.max_wait_s = max_wait_s
         self.static_cache = static_cache
+        self.min_new_tokens = min_new_tokens  # benchmarks force a fixed output length with it
         self.stats = SchedulerStats()
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._carry: _Pending | None = None
@@ -178,7 +180,9 @@ class BatchScheduler:
         if not batch:
             return
         try:
-            results = self.vlm.generate_batch([p.request for p in batch], static_cache=self.static_cache)
+            results = self.vlm.generate_batch(
+                [p.request for p in batch], static_cache=self.static_cache, min_new_tokens=self.min_new_tokens
+            )
         except torch.OutOfMemoryError as exc:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -66,6 +66,9 @@ class GenerationTimings(BaseModel):
     total_s: float
     decode_tokens_per_s: float
     grammar_s: float = 0.0
+    grammar_calls: int = 0
+    batch_size: int = 1
+    first_token_at: float = Field(default=0.0, description="time.perf_counter() when the first token came")
 
 
 class Generation(BaseModel):
@@ -280,13 +283,14 @@ class LoadedVlm:
         return out
 
     def generate_batch(
-        self, requests: Sequence[GenerationRequest], *, static_cache: bool = False
+        self, requests: Sequence[GenerationRequest], *, static_cache: bool = False, min_new_tokens: int = 0
     ) -> list[Generation]:
         """Greedy generation for several studies in one batch; row i of the result answers request i.
 
         Requests are left-padded together, so each row's greedy tokens equal what it gets alone (the
         batching test checks this token for token). `static_cache` pre-allocates the KV cache, which on
-        CUDA lets transformers compile the decode step into CUDA graphs (worth it for a fixed batch size).
+        CUDA lets transformers compile the decode step into CUDA graphs (worth it for a fixed batch size);
+        `min_new_tokens` suppresses stop tokens until then (benchmarks force a fixed length with it).
         """
         if not requests:
             return []
@@ -316,6 +320,7 @@ class LoadedVlm:
                 eos_token_id=self.stop_token_ids,
                 pad_token_id=self.pad_token_id,
                 logits_processor=LogitsProcessorList(processors),
+                min_new_tokens=min_new_tokens or None,
                 **({"cache_implementation": "static"} if static_cache else {}),
             )
             done = time.perf_counter()
@@ -329,6 +334,9 @@ class LoadedVlm:
             total_s=done - start,
             decode_tokens_per_s=(steps * len(requests) / (done - first)) if steps and done > first else 0.0,
             grammar_s=mask.seconds if mask is not None else 0.0,
+            grammar_calls=mask.calls if mask is not None else 0,
+            batch_size=len(requests),
+            first_token_at=first,
         )
         results: list[Generation] = []
         for row, request in enumerate(requests):
