@@ -12,7 +12,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
@@ -40,16 +39,11 @@ log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
 
 
-def _setting(settings: Settings, name: str, default: Any) -> Any:
-    # Fields requested from the lead for cds/settings.py; until they land, the defaults apply.
-    return getattr(settings, name, default)
-
-
 def build_verifier(
     settings: Settings, session_factory: sessionmaker[Session], http: httpx.AsyncClient
 ) -> ClientTokenVerifier | None:
     """None only when ``VERITRACE_CDS_REQUIRE_JWT=false`` was set explicitly."""
-    if not _setting(settings, "cds_require_jwt", True):
+    if not settings.cds_require_jwt:
         log.warning(
             "CDS client JWT verification is OFF (VERITRACE_CDS_REQUIRE_JWT=false): embedded demo only"
         )
@@ -64,8 +58,8 @@ def build_verifier(
         issuers,
         JwksCache(http),
         JtiReplayCache(session_factory),
-        leeway_s=float(_setting(settings, "cds_jwt_leeway_s", 30.0)),
-        max_age_s=float(_setting(settings, "cds_jwt_max_age_s", 300.0)),
+        leeway_s=settings.cds_jwt_leeway_s,
+        max_age_s=settings.cds_jwt_max_age_s,
     )
 
 
@@ -123,7 +117,7 @@ def create_app(
         session_factory=session_factory,
         ledger=ledger,
         verifier=build_verifier(settings, session_factory, http),
-        fetcher=PrefetchFetcher(http, timeout_s=float(_setting(settings, "cds_prefetch_timeout_s", 2.0))),
+        fetcher=PrefetchFetcher(http, timeout_s=settings.cds_prefetch_timeout_s),
         services=services_catalog if services_catalog is not None else default_services(),
         http=http,
     )
@@ -139,4 +133,28 @@ def create_app(
     for router in (discovery.router, services.router, feedback.router, health.router):
         app.include_router(router)
     app.include_router(build_audit_router(lambda: ledger))
+    if settings.stow_tokens:
+        _mount_stow(app, settings, session_factory, ledger)
     return app
+
+
+def _mount_stow(
+    app: FastAPI, settings: Settings, session_factory: sessionmaker[Session], ledger: Ledger
+) -> None:
+    """STOW-RS lands in the same spool and index as the SCP; off unless a PACS has a token."""
+    from fastapi import Depends
+
+    from cds.stow_auth import require_stow_token
+    from integrations.dicom.spool import Spool
+    from integrations.dicomweb.stow import make_stow_router
+
+    dicom = settings.dicom_config()
+    spool = Spool(dicom.spool_dir, min_free_bytes=dicom.min_free_bytes, fsync=dicom.fsync)
+    app.include_router(
+        make_stow_router(
+            spool=spool,
+            session_factory=session_factory,
+            ledger=ledger,
+            dependencies=[Depends(require_stow_token(settings.stow_tokens))],
+        )
+    )

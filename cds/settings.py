@@ -13,7 +13,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit.config import LedgerConfig
-from integrations.dicom.config import DicomConfig
+from integrations.dicom.config import DicomConfig, RoutingRules, SrDestination
 from integrations.fhir.config import FhirConfig
 from integrations.store.config import StoreConfig
 from model.config import ModelConfig
@@ -37,7 +37,26 @@ class Settings(BaseSettings):
     dicom_allowed_calling_aets: list[str] = Field(default_factory=list)
     stable_age: float = 5.0
     spool_dir: Path | None = None
+    dicom_allowed_calling_hosts: list[str] = Field(default_factory=list)
+    dicom_max_associations: int = 10
+    dicom_min_free_bytes: int = 512 * 1024 * 1024
+    dicom_stable_age_by_calling_aet: dict[str, float] = Field(default_factory=dict)
+    dicom_routing_modalities: list[str] | None = None
+    dicom_tls_cert_file: Path | None = None
+    dicom_tls_key_file: Path | None = None
+    dicom_tls_ca_file: Path | None = None
+    # Where draft SRs go back to (the PACS); unset disables SR export.
+    sr_destination_ae: str | None = None
+    sr_destination_host: str | None = None
+    sr_destination_port: int | None = None
+    # STOW-RS is off unless a PACS is given a bearer token here (secrets via env / secret files only).
+    stow_tokens: list[str] = Field(default_factory=list, repr=False)
     cds_issuers_file: Path | None = None
+    # Only for a local evaluation box: answer hooks without a CDS client JWT. Never in production.
+    cds_require_jwt: bool = True
+    cds_jwt_leeway_s: float = 30.0
+    cds_jwt_max_age_s: float = 300.0
+    cds_prefetch_timeout_s: float = 2.0
     cors_origins: list[str] = Field(default_factory=list)
     ledger_origin: str = "veritrace.local/ledger"
     ledger_anchor_url: str | None = None
@@ -74,6 +93,26 @@ class Settings(BaseSettings):
             spool_dir=self.spool_dir or self.resolved_home / "spool",
             stable_age_s=self.stable_age,
             allowed_calling_aets=self.dicom_allowed_calling_aets,
+            allowed_calling_hosts=self.dicom_allowed_calling_hosts,
+            max_associations=self.dicom_max_associations,
+            min_free_bytes=self.dicom_min_free_bytes,
+            stable_age_by_calling_aet=self.dicom_stable_age_by_calling_aet,
+            routing=(
+                RoutingRules(modalities=self.dicom_routing_modalities)
+                if self.dicom_routing_modalities is not None
+                else RoutingRules()
+            ),
+            tls_cert_file=self.dicom_tls_cert_file,
+            tls_key_file=self.dicom_tls_key_file,
+            tls_ca_file=self.dicom_tls_ca_file,
+            sr_destination=self._sr_destination(),
+        )
+
+    def _sr_destination(self) -> SrDestination | None:
+        if not (self.sr_destination_ae and self.sr_destination_host and self.sr_destination_port):
+            return None
+        return SrDestination(
+            ae_title=self.sr_destination_ae, host=self.sr_destination_host, port=self.sr_destination_port
         )
 
     def fhir_config(self) -> FhirConfig:

@@ -36,8 +36,9 @@ def statements(body: dict[str, Any]) -> list[dict[str, Any]]:
 def verification_status(body: dict[str, Any]) -> tuple[str, dict[str, int]]:
     """One line for clinicians and the counts behind it."""
     items = statements(body)
+    rejected = [r for r in body.get("rejected", []) if isinstance(r, dict)]
     verdicts: Counter[str] = Counter()
-    for item in items:
+    for item in [*items, *rejected]:
         verdict = item.get("verification")
         if isinstance(verdict, dict):
             verdict = verdict.get("verdict") or verdict.get("status")
@@ -45,7 +46,8 @@ def verification_status(body: dict[str, Any]) -> tuple[str, dict[str, int]]:
             verdicts[verdict] += 1
     if verdicts:
         parts = ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
-        return f"Evidence verification: {parts} (of {len(items)} statements).", dict(verdicts)
+        total = len(items) + len(rejected)
+        return f"Evidence verification: {parts} (of {total} statements).", dict(verdicts)
     cited = sum(1 for item in items if item.get("citations"))
     counts = {"cited": cited, "uncited": len(items) - cited}
     return (

@@ -20,6 +20,7 @@ from integrations.dicom.study_files import study_instance_paths
 from integrations.store.models import Analysis, Report, Study
 from integrations.worker_runtime import WorkerRuntime
 from model.trace import TraceStep
+from model.verification import VerifiedReport, verify_report
 
 log = logging.getLogger(__name__)
 ACTOR = "veritrace-worker"
@@ -57,7 +58,8 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
 
     chosen = select_images(paths, runtime.model.max_images)
     images = [load_model_image(path) for path in chosen]
-    context, patient_ref = read_context_for_study(runtime, dicom_patient_id, study_uid)
+    study_context = read_context_for_study(runtime, dicom_patient_id, study_uid)
+    context, patient_ref = study_context.context, study_context.patient_ref
 
     def record_step(step: TraceStep) -> None:
         steps.append(step.model_dump(mode="json"))
@@ -80,11 +82,30 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
         study_uid=study_uid,
     )
 
-    report = result.report
+    verified = verify_report(
+        result.report, context.evidence, [image.ref for image in images], study_context.facts
+    )
+    report = verified.report
+    body = report_body(verified)
+    ledger.append(
+        "report.verified",
+        ACTOR,
+        {
+            "analysis_id": analysis_id,
+            "supported": len(verified.supported),
+            "rejected": [
+                {"section": v.section, "index": v.index, "reason": v.reason.value if v.reason else None}
+                for v in verified.rejected
+            ],
+        },
+        patient_ref=patient_ref,
+        study_uid=study_uid,
+    )
     markdown = render_report_markdown(
         report,
         study_uid=study_uid,
         model_label=f"{identity['architecture']} ({identity['weights_sha256'][:12]})",
+        rejected=[(v.statement, v.reason.value if v.reason else "unsupported") for v in verified.rejected],
     )
     trace = {
         "version": 1,
@@ -94,7 +115,8 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
         "evidence": [item.model_dump(mode="json") for item in context.evidence],
         "images": [image.ref.model_dump(mode="json") for image in images],
         "steps": steps,
-        "report": report.model_dump(mode="json"),
+        "report": body,
+        "verification": [verdict.model_dump(mode="json") for verdict in verified.verdicts],
         "elapsed_s": round(time.perf_counter() - started, 3),
     }
     with runtime.session_factory() as session:
@@ -111,7 +133,7 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
             status="draft",
             severity=overall_severity(report),
             summary=summarise(report),
-            body=report.model_dump(mode="json"),
+            body=body,
             markdown=markdown,
             untrained_model=report.untrained_model,
         )
@@ -131,6 +153,7 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
             "report_id": report_id,
             "severity": stored.severity,
             "statements": len(report.findings) + len(report.impression),
+            "rejected_statements": len(verified.rejected),
             "untrained_model": report.untrained_model,
             "model_weights_sha256": identity["weights_sha256"],
         },
@@ -147,6 +170,27 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
     if runtime.enqueue_writeback is not None and patient_ref is not None:
         runtime.enqueue_writeback(report_id)
     return report_id
+
+
+def report_body(verified: VerifiedReport) -> dict[str, Any]:
+    """The stored draft: supported statements marked verified, rejected ones listed apart with the reason."""
+    body = verified.report.model_dump(mode="json")
+    for section in ("findings", "impression"):
+        for statement in body[section]:
+            statement["verification"] = {"verdict": "verified"}
+    body["rejected"] = [
+        {
+            "section": verdict.section,
+            "statement": verdict.statement.model_dump(mode="json"),
+            "verification": {
+                "verdict": "rejected",
+                "reason": verdict.reason.value if verdict.reason else None,
+                "detail": verdict.detail,
+            },
+        }
+        for verdict in verified.rejected
+    ]
+    return body
 
 
 def mark_failed(runtime: WorkerRuntime, analysis_id: str, reason: str) -> None:

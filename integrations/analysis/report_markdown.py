@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from model.report import DraftReport, Statement
 
 UNTRAINED_BANNER = (
@@ -20,7 +22,14 @@ def _statement_lines(statements: list[Statement]) -> list[str]:
     return lines
 
 
-def render_report_markdown(report: DraftReport, *, study_uid: str, model_label: str) -> str:
+def render_report_markdown(
+    report: DraftReport,
+    *,
+    study_uid: str,
+    model_label: str,
+    rejected: Sequence[tuple[Statement, str]] = (),
+) -> str:
+    """`rejected` pairs each statement the verifier removed with its reason; they are shown, struck out."""
     parts = ["# AI draft report (preliminary)", ""]
     if report.untrained_model:
         parts += [UNTRAINED_BANNER, ""]
@@ -28,6 +37,9 @@ def render_report_markdown(report: DraftReport, *, study_uid: str, model_label: 
     parts += _statement_lines(report.findings)
     parts += ["", "## Impression"]
     parts += _statement_lines(report.impression)
+    if rejected:
+        parts += ["", "## Removed by evidence verification"]
+        parts += [f"- ~~{statement.text.strip()}~~ — {reason}" for statement, reason in rejected]
     parts += ["", "_Preliminary AI draft for clinician review; sign-off belongs to the radiologist._"]
     return "\n".join(parts) + "\n"
 
@@ -43,6 +55,6 @@ def overall_severity(report: DraftReport) -> str:
 def summarise(report: DraftReport) -> str:
     """Card summary: under 140 characters, as CDS Hooks requires."""
     prefix = "AI draft (untrained model)" if report.untrained_model else "AI draft report"
-    first = (report.impression or report.findings or [None])[0]
-    text = f"{prefix}: {first.text.strip()}" if first is not None else f"{prefix} ready for review"
+    statements = report.impression or report.findings
+    text = f"{prefix}: {statements[0].text.strip()}" if statements else f"{prefix} ready for review"
     return text if len(text) <= 139 else text[:138] + "…"
