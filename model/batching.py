@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from model.runtime import Generation, GenerationRequest, LoadedVlm
+from model.runtime import Generation, GenerationRequest, LoadedVlm, ModelIdentity
 
 
 class StudyTooLarge(RuntimeError):
@@ -83,6 +83,34 @@ class BatchScheduler:
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vlm-batch-scheduler", daemon=True)
         self._thread.start()
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """The served model's identity (so a scheduler can stand in for a `LoadedVlm` in `draft_report`)."""
+        return self.vlm.identity
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The served model's configured output budget per study."""
+        return self.vlm.max_new_tokens
+
+    @property
+    def max_images(self) -> int:
+        """The served model's configured image budget per study."""
+        return self.vlm.max_images
+
+    def health(self) -> dict[str, Any]:
+        """Scheduler counters, queue depth and the model's memory, for the worker's health report."""
+        return {
+            "queued": self._queue.qsize(),
+            "batches": self.stats.batches,
+            "requests": self.stats.requests,
+            "largest_batch": self.stats.largest_batch,
+            "oom_splits": self.stats.oom_splits,
+            "busy_s": round(self.stats.busy_s, 3),
+            "running": self._thread.is_alive(),
+            **self.vlm.health().model_dump(),
+        }
 
     def submit(
         self,

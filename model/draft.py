@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -21,6 +21,9 @@ from model.imaging import ModelImage
 from model.report import DraftReport, Laterality, Severity, Statement
 from model.runtime import LoadedVlm, ModelIdentity
 from model.trace import TraceStep
+
+if TYPE_CHECKING:
+    from model.batching import BatchScheduler
 
 MAX_STATEMENTS = 4
 MAX_STATEMENT_CHARS = 160
@@ -106,16 +109,18 @@ def _keep_known_citations(
 
 
 def draft_report(
-    vlm: LoadedVlm,
+    vlm: LoadedVlm | BatchScheduler,
     images: Sequence[ModelImage],
     context: PatientContext,
     step_sink: Callable[[TraceStep], None] | None = None,
 ) -> DraftResult:
     """Generate, parse and citation-check one draft report; every step goes to `step_sink` as it happens.
 
-    Uses constrained decoding when xgrammar is installed. Output that is not valid JSON (an untrained
-    model, or a generation cut off by max_new_tokens) yields an empty report plus a `parse_error` step
-    rather than an exception: the study is still traced and the clinician sees no fabricated statements.
+    `vlm` may be the `BatchScheduler` serving the model, so that concurrent studies (worker threads)
+    share batches. Uses constrained decoding when xgrammar is installed. Output that is not valid JSON
+    (an untrained model, or a generation cut off by max_new_tokens) yields an empty report plus a
+    `parse_error` step rather than an exception: the study is still traced and the clinician sees no
+    fabricated statements.
     """
     steps: list[TraceStep] = []
 

@@ -83,6 +83,16 @@ class Generation(BaseModel):
     timings: GenerationTimings
 
 
+class VlmHealth(BaseModel):
+    """What a worker reports about its model: where it runs and how much accelerator memory it holds."""
+
+    device: str
+    memory_allocated_gb: float | None = None
+    memory_reserved_gb: float | None = None
+    memory_total_gb: float | None = None
+    weights_sha256: str
+
+
 class GenerationRequest(BaseModel):
     """One study's input to a batched generation."""
 
@@ -224,6 +234,16 @@ class LoadedVlm:
         head = self.model.get_output_embeddings()
         assert head is not None
         return int(head.weight.shape[0])
+
+    def health(self) -> VlmHealth:
+        """Device and (on CUDA) memory in use, for the worker's health report; no patient data."""
+        report = VlmHealth(device=str(self.device), weights_sha256=self._identity.weights_sha256)
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            report.memory_allocated_gb = round(torch.cuda.memory_allocated(index) / 1e9, 3)
+            report.memory_reserved_gb = round(torch.cuda.memory_reserved(index) / 1e9, 3)
+            report.memory_total_gb = round(torch.cuda.get_device_properties(index).total_memory / 1e9, 3)
+        return report
 
     def schema_compiler(self) -> SchemaCompiler:
         """The JSON-schema compiler for this tokenizer, built on first use (needs xgrammar)."""
