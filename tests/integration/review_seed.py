@@ -1,0 +1,297 @@
+"""Seed data for the review app tests, written as the worker and the CDS service write it.
+
+Analyses get the trace and report shapes of ``integrations/analysis/pipeline.py`` (plus the verifier's
+verdicts), cards and feedback the shapes of ``cds``, and the ledger the entries those pieces append;
+then the ledger signs a checkpoint. Nothing is mocked: a real store (SQLite or PostgreSQL) and a real
+ledger with a real Ed25519 key.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
+
+from audit import Ledger, LedgerConfig
+from audit.keys import ensure_signing_key
+from audit.review import ReviewConfig, build_review_router, hash_password
+from integrations.store.config import StoreConfig
+from integrations.store.engine import make_engine, make_session_factory
+from integrations.store.migrate import upgrade_database
+from integrations.store.models import Analysis, Card, Feedback, Report, Study
+from integrations.store.review_source import SqlTraceSource
+
+WEIGHTS_A = "a1" * 32
+WEIGHTS_B = "b2" * 32
+PASSWORD = "correct horse battery staple"
+LOCAL_USERS = {
+    "officer": ["compliance-officer"],
+    "radiologist": ["radiologist"],
+    "admin": ["admin"],
+    "nobody": [],
+}
+
+
+@dataclass
+class SeededStore:
+    session_factory: sessionmaker[Session]
+    ledger: Ledger
+    analyses: dict[str, str] = field(default_factory=dict)
+    """name -> analysis id"""
+
+
+def identity(weights: str) -> dict[str, Any]:
+    return {
+        "family": "qwen2_5_vl",
+        "architecture": "Qwen2_5_VLForConditionalGeneration",
+        "model_type": "qwen2_5_vl",
+        "weights_sha256": weights,
+        "dtype": "float32",
+        "attention": "sdpa",
+        "device": "cpu",
+        "parameter_count": 123456,
+        "untrained": True,
+    }
+
+
+def _trace(analysis_id: str, study_uid: str, weights: str, at: datetime) -> dict[str, Any]:
+    evidence = [
+        {
+            "id": "ev1",
+            "resource_type": "Observation",
+            "resource_id": "crp-1",
+            "version_id": "3",
+            "sha256": "c" * 64,
+            "display": "C-reactive protein 91.0 mg/L (2025-11-01)",
+        },
+        {
+            "id": "ev2",
+            "resource_type": "Condition",
+            "resource_id": "copd",
+            "version_id": "1",
+            "sha256": "d" * 64,
+            "display": "Chronic obstructive pulmonary disease",
+        },
+    ]
+    images = [
+        {"study_uid": study_uid, "series_uid": study_uid + ".1", "sop_uid": study_uid + ".1.1", "frame": 0}
+    ]
+    steps = [
+        {"kind": "model", "at": at.isoformat(), "detail": identity(weights)},
+        {
+            "kind": "prompt",
+            "at": (at + timedelta(milliseconds=5)).isoformat(),
+            "detail": {"prompt_sha256": "e" * 64, "evidence_ids": ["ev1", "ev2"], "images": images},
+        },
+        {
+            "kind": "tool_call",
+            "at": (at + timedelta(milliseconds=40)).isoformat(),
+            "detail": {"tool": "labs_by_loinc", "arguments": {"loinc": "1988-5"}, "evidence_ids": ["ev1"]},
+        },
+        {"kind": "generation", "at": (at + timedelta(seconds=2)).isoformat(), "detail": {"token_count": 80}},
+        {"kind": "citations", "at": (at + timedelta(seconds=2)).isoformat(), "detail": {"dropped": []}},
+    ]
+    return {
+        "version": 1,
+        "analysis_id": analysis_id,
+        "model": identity(weights),
+        "prompt_sha256": "e" * 64,
+        "evidence": evidence,
+        "images": images,
+        "steps": steps,
+        "report": {},
+        "elapsed_s": 2.5,
+    }
+
+
+def _body(rejected: bool) -> dict[str, Any]:
+    supported = {
+        "text": "CRP 91.0 mg/L supports an inflammatory process",
+        "severity": "moderate",
+        "laterality": "none",
+        "codes": [],
+        "citations": ["ev1"],
+    }
+    wrong = {
+        "text": "CRP 19.0 mg/L, within normal limits",
+        "severity": "normal",
+        "laterality": "none",
+        "codes": [],
+        "citations": ["ev1"],
+    }
+    verdicts = [{"section": "findings", "index": 0, "statement": supported, "supported": True, "detail": ""}]
+    if rejected:
+        verdicts.append(
+            {
+                "section": "findings",
+                "index": 1,
+                "statement": wrong,
+                "supported": False,
+                "reason": "number_mismatch",
+                "detail": "states 19.0, evidence ev1 has 91.0",
+            }
+        )
+    return {
+        "findings": [supported],
+        "impression": [],
+        "untrained_model": True,
+        "verification": {"verdicts": verdicts},
+    }
+
+
+def seed(tmp_path: Path, database_url: str | None = None, *, extra: int = 0) -> SeededStore:
+    """Three named analyses (plus ``extra`` filler ones for paging), feedback, hook calls, a checkpoint."""
+    engine = make_engine(StoreConfig(database_url=database_url or f"sqlite:///{tmp_path / 'review.db'}"))
+    upgrade_database(engine)
+    config = LedgerConfig(key_dir=tmp_path / "keys", anchor_dir=tmp_path / "anchor", checkpoint_every=10_000)
+    ensure_signing_key(config)
+    ledger = Ledger(engine, config)
+    store = SeededStore(make_session_factory(engine), ledger)
+    now = datetime.now(UTC)
+    plan = [
+        ("overridden", "pat-1001", WEIGHTS_A, True, "overridden", now - timedelta(days=1)),
+        ("accepted", "pat-1002", WEIGHTS_A, False, "accepted", now - timedelta(days=2)),
+        ("no-feedback", "pat-1003", WEIGHTS_B, False, None, now - timedelta(days=9)),
+    ]
+    plan += [
+        (f"filler-{i}", f"pat-2{i:03d}", WEIGHTS_B, False, None, now - timedelta(days=20, minutes=i))
+        for i in range(extra)
+    ]
+    for name, patient, weights, rejected, outcome, at in plan:
+        store.analyses[name] = _seed_analysis(store, patient, weights, rejected, outcome, at)
+    ledger.checkpoint()
+    return store
+
+
+def _seed_analysis(
+    store: SeededStore, patient: str, weights: str, rejected: bool, outcome: str | None, at: datetime
+) -> str:
+    study_uid = f"1.2.826.0.1.3680043.10.{uuid.uuid4().int % 10**12}"
+    with store.session_factory() as session:
+        study = Study(study_uid=study_uid, patient_id=patient, modality="CR", state="stable")
+        session.add(study)
+        session.flush()
+        analysis = Analysis(
+            study_id=study.id,
+            content_digest=uuid.uuid4().hex,
+            status="completed",
+            queued_at=at,
+            started_at=at,
+            completed_at=at + timedelta(seconds=3),
+            attempts=1,
+            model_identity=identity(weights),
+        )
+        session.add(analysis)
+        session.flush()
+        analysis.trace = _trace(analysis.id, study_uid, weights, at)
+        body = _body(rejected)
+        report = Report(
+            analysis_id=analysis.id,
+            patient_id=patient,
+            study_uid=study_uid,
+            severity="moderate",
+            summary="CRP raised",
+            body=body,
+            markdown="# Draft\n\nCRP 91.0 mg/L supports an inflammatory process",
+            untrained_model=True,
+        )
+        session.add(report)
+        session.flush()
+        analysis_id, report_id = analysis.id, report.id
+        card_uuid = str(uuid.uuid4())
+        session.add(
+            Card(
+                uuid=card_uuid,
+                service_id="veritrace-imaging-results",
+                hook_instance=str(uuid.uuid4()),
+                patient_id=patient,
+                report_id=report_id,
+                payload={"uuid": card_uuid, "summary": "CRP raised", "suggestions": []},
+            )
+        )
+        if outcome:
+            session.add(
+                Feedback(
+                    card_uuid=card_uuid,
+                    service_id="veritrace-imaging-results",
+                    outcome=outcome,
+                    override_reason={"reason": {"code": "disagree-with-finding", "display": "Disagree"}}
+                    if outcome == "overridden"
+                    else None,
+                    accepted_suggestions=["s1"] if outcome == "accepted" else None,
+                    outcome_timestamp=at + timedelta(hours=1),
+                )
+            )
+        session.commit()
+    ref = f"Patient/{patient}"
+    ledger = store.ledger
+    ledger.append(
+        "analysis.started",
+        "veritrace-worker",
+        {"analysis_id": analysis_id, "instances": 1},
+        study_uid=study_uid,
+    )
+    ledger.append(
+        "model.invoked",
+        "veritrace-worker",
+        {"analysis_id": analysis_id, "model": identity(weights), "prompt_sha256": "e" * 64},
+        patient_ref=ref,
+        study_uid=study_uid,
+    )
+    ledger.append(
+        "report.drafted",
+        "veritrace-worker",
+        {"analysis_id": analysis_id, "report_id": report_id, "model": {"name": "tiny-qwen"}, "statements": 1},
+        patient_ref=ref,
+        study_uid=study_uid,
+    )
+    ledger.append(
+        "cds.hook",
+        "cds-client:https://ehr.example/",
+        {
+            "service": "veritrace-imaging-results",
+            "hook": "patient-view",
+            "hookInstance": "h",
+            "status": 200,
+            "cards": 1,
+            "latencyMs": 4.2,
+        },
+        patient_ref=ref,
+    )
+    if outcome:
+        ledger.append(
+            "cds.feedback",
+            "cds-client:https://ehr.example/",
+            {
+                "service": "veritrace-imaging-results",
+                "card": card_uuid,
+                "outcome": outcome,
+                "reportId": report_id,
+            },
+            patient_ref=ref,
+        )
+    return analysis_id
+
+
+def write_local_users(tmp_path: Path) -> Path:
+    path = tmp_path / "review-users.json"
+    hashed = hash_password(PASSWORD)
+    users = [
+        {"username": u, "name": u.title(), "roles": roles, "password": hashed}
+        for u, roles in LOCAL_USERS.items()
+    ]
+    path.write_text(json.dumps({"users": users}))
+    return path
+
+
+def review_app(store: SeededStore, config: ReviewConfig) -> FastAPI:
+    """A small app with only the review router: what ``cds.app`` mounts, without the CDS routes."""
+    app = FastAPI()
+    app.include_router(build_review_router(SqlTraceSource(store.session_factory), store.ledger, config))
+    return app
