@@ -68,6 +68,11 @@ def c_store_file(path: Path, destination: SrDestination, calling_ae: str) -> int
             assoc.release()
 
 
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything we write is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def backoff(destination: SrDestination, attempts_made: int) -> timedelta:
     """Delay after the `attempts_made`-th failure: base * 2**(n-1), capped."""
     seconds = destination.backoff_base_s * 2 ** max(attempts_made - 1, 0)
@@ -80,6 +85,8 @@ class SendOutcome:
     verdict: Verdict
     status: int
     attempts: int
+    # Set while the export stays pending: when the next attempt is due.
+    next_attempt_at: datetime | None = None
 
 
 class SrExporter:
@@ -100,8 +107,8 @@ class SrExporter:
         self._calling_ae = calling_ae
         self._send = send
 
-    def queue(self, analysis_id: str, sr: Dataset) -> str:
-        """Spool the SR and record a pending export; idempotent per (analysis, destination)."""
+    def queue(self, analysis_id: str, sr: Dataset, now: datetime | None = None) -> str:
+        """Spool the SR and record a pending export, due at `now`; idempotent per (analysis, destination)."""
         with self._session_factory() as session, session.begin():
             existing = session.execute(
                 select(SrExport.id).where(
@@ -120,7 +127,7 @@ class SrExporter:
                 spool_path=spooled.relative_path,
                 state="pending",
                 attempts=0,
-                next_attempt_at=datetime.now(UTC),
+                next_attempt_at=now or datetime.now(UTC),
             )
             session.add(export)
             session.flush()
@@ -140,6 +147,26 @@ class SrExporter:
                 ).scalars()
             )
         return [self._attempt(export_id, now) for export_id in due]
+
+    def send_one(self, export_id: str, now: datetime | None = None) -> SendOutcome:
+        """Attempt one export if it is pending and due; otherwise report its state without sending.
+
+        This is the entry point for a task that owns one export: a redelivered or retried task calls it
+        again and never sends an export that is already sent, failed for good, or not yet due.
+        """
+        now = now or datetime.now(UTC)
+        with self._session_factory() as session:
+            export = session.get(SrExport, export_id)
+            if export is None:
+                raise LookupError(f"no SR export {export_id!r}")
+            state, attempts, due = export.state, export.attempts, _aware(export.next_attempt_at)
+        if state == "sent":
+            return SendOutcome(export_id, Verdict.SENT, 0, attempts)
+        if state == "failed":
+            return SendOutcome(export_id, Verdict.FAILED, NO_STATUS, attempts)
+        if due > now:
+            return SendOutcome(export_id, Verdict.RETRY, NO_STATUS, attempts, next_attempt_at=due)
+        return self._attempt(export_id, now)
 
     def _attempt(self, export_id: str, now: datetime) -> SendOutcome:
         with self._session_factory() as session:
@@ -169,6 +196,7 @@ class SrExporter:
                 export.next_attempt_at = now + backoff(self.destination, export.attempts)
                 export.last_error = f"status 0x{status:04X}" if status >= 0 else "no response"
             attempts, analysis_id, sop_uid = export.attempts, export.analysis_id, export.sop_instance_uid
+            next_attempt_at = export.next_attempt_at if verdict is Verdict.RETRY else None
             study = session.execute(
                 select(Study.study_uid, Study.patient_id)
                 .join(Analysis, Analysis.study_id == Study.id)
@@ -188,7 +216,7 @@ class SrExporter:
                 patient_ref=study.patient_id if study else None,
                 study_uid=study.study_uid if study else None,
             )
-        return SendOutcome(export_id, verdict, status, attempts)
+        return SendOutcome(export_id, verdict, status, attempts, next_attempt_at=next_attempt_at)
 
     def run(self, stop_event: threading.Event, interval_s: float = 1.0) -> None:
         while not stop_event.is_set():
