@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit import Ledger
@@ -31,8 +32,18 @@ class WorkerRuntime:
     model: ModelConfig
     spool_dir: Path
     enqueue_writeback: Callable[[str], None] | None = None
+    # Seconds between worker heartbeats in the database (integrations.ops.health).
+    heartbeat_interval_s: float = 10.0
     _vlm: LoadedVlm | None = field(default=None, repr=False)
     _vlm_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine behind the session factory: claims and ops records need plain connections."""
+        bind = self.session_factory.kw.get("bind")
+        if not isinstance(bind, Engine):
+            raise TypeError("the worker's session factory must be bound to an Engine")
+        return bind
 
     def vlm(self) -> LoadedVlm:
         with self._vlm_lock:

@@ -1,42 +1,186 @@
-"""Celery tasks. They take ids and re-fetch inside; the logic lives in integrations.analysis and model."""
+"""Celery tasks. They take ids and re-fetch inside; the logic lives in integrations.analysis and model.
+
+Delivery rules, the same for both tasks:
+- idempotency key `analysis:<id>` / `writeback:<id>`, claimed exclusively while the task runs; a duplicate
+  delivery that finds the key held is acked and dropped (the holder's own message is still unacked, so if
+  the holder dies the broker redelivers that one);
+- transient failures (FHIR unavailable, database connection lost) retry with exponential backoff and jitter;
+- anything else, or retries exhausted, gives up: a dead-letter record in the database, a ledger entry, and a
+  reject without requeue, which RabbitMQ routes to `<queue>.dead`;
+- a study whose analysis keeps dying mid-run (the worker killed or hung: `attempts` grows with no outcome) is
+  given up after `MAX_ANALYSIS_STARTS`, so one poison study cannot crash-loop a GPU node.
+"""
 
 from __future__ import annotations
 
+import logging
+import random
+from typing import Any, NoReturn
+
 from celery import shared_task
 from celery.app.task import Task
+from celery.exceptions import Reject
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from integrations.analysis.pipeline import mark_failed, run_analysis
 from integrations.analysis.writeback import write_back_report
-from integrations.celery_app import ANALYSE_TASK, WRITEBACK_TASK
-from integrations.fhir.errors import FhirUnavailable
-from integrations.worker_runtime import get_runtime
+from integrations.celery_app import (
+    ANALYSE_TASK,
+    ANALYSE_TIME_LIMIT_S,
+    GPU_QUEUE,
+    IO_QUEUE,
+    WRITEBACK_TASK,
+    WRITEBACK_TIME_LIMIT_S,
+)
+from integrations.fhir.errors import FhirError, FhirUnavailable
+from integrations.ops.dead_letters import record_dead_letter
+from integrations.store.models import Analysis
+from integrations.tasks import trace_context, worker_signals  # noqa: F401  (signal handlers)
+from integrations.tasks.claims import exclusive_claim
+from integrations.worker_runtime import WorkerRuntime, get_runtime
+
+log = logging.getLogger(__name__)
+ACTOR = "veritrace-worker"
+MAX_ANALYSIS_STARTS = 8
+ANALYSE_MAX_RETRIES = 5
+WRITEBACK_MAX_RETRIES = 8
+BACKOFF_BASE_S = 5.0
+ANALYSE_BACKOFF_CAP_S = 300.0
+WRITEBACK_BACKOFF_CAP_S = 600.0
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (FhirUnavailable, OperationalError)
 
 
-@shared_task(name=ANALYSE_TASK, bind=True, acks_late=True, max_retries=5)
-def analyse_study(self: Task, analysis_id: str) -> str | None:  # type: ignore[type-arg]
+def backoff_delay(retries: int, *, base_s: float = BACKOFF_BASE_S, cap_s: float) -> float:
+    """Exponential backoff with "equal jitter": between half and all of min(cap, base * 2**retries)."""
+    ceiling = min(cap_s, base_s * 2**retries)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A reason safe for logs, the ledger and the dead-letter table.
+
+    Our FHIR errors are PHI-free by construction (they name interaction, type and status); any other
+    message may quote data (a database error quotes its parameters), so only its type is kept.
+    """
+    if isinstance(exc, FhirError):
+        return f"{type(exc).__name__}: {exc}"[:500]
+    return type(exc).__name__
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_ERRORS) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def give_up(task: Task, runtime: WorkerRuntime, reason: str, args: list[Any]) -> NoReturn:
+    """Record the dead letter (database + ledger), then reject without requeue (RabbitMQ: to `.dead`)."""
+    request = task.request
+    queue = (request.delivery_info or {}).get("routing_key") or (
+        GPU_QUEUE if task.name == ANALYSE_TASK else IO_QUEUE
+    )
+    attempts = int(request.retries or 0) + 1
+    try:
+        record = record_dead_letter(
+            runtime.engine,
+            task_name=str(task.name),
+            task_id=str(request.id),
+            queue=str(queue),
+            args=args,
+            reason=reason,
+            attempts=attempts,
+        )
+        runtime.ledger.append(
+            "task.dead_lettered",
+            ACTOR,
+            {
+                "task": task.name,
+                "task_id": request.id,
+                "args": args,
+                "queue": queue,
+                "reason": reason,
+                "dead_letter_id": record.id,
+            },
+        )
+    except SQLAlchemyError as exc:
+        # The database is what failed; the broker's dead-letter queue still keeps the message.
+        log.error("could not record dead letter for task %s (%s)", request.id, type(exc).__name__)
+    log.warning("task %s %s gave up: %s", task.name, request.id, reason)
+    raise Reject(reason, requeue=False)
+
+
+def _analysis_starts(runtime: WorkerRuntime, analysis_id: str) -> tuple[str | None, int]:
+    with runtime.session_factory() as session:
+        analysis = session.get(Analysis, analysis_id)
+        return (analysis.status, analysis.attempts) if analysis is not None else (None, 0)
+
+
+@shared_task(
+    name=ANALYSE_TASK,
+    bind=True,
+    acks_late=True,
+    max_retries=ANALYSE_MAX_RETRIES,
+    time_limit=ANALYSE_TIME_LIMIT_S,
+    soft_time_limit=ANALYSE_TIME_LIMIT_S - 60,
+)
+def analyse_study(self: Task, analysis_id: str) -> str | None:
     """Idempotent on analysis_id: a redelivery of a completed analysis is a no-op."""
     runtime = get_runtime()
-    try:
-        return run_analysis(runtime, analysis_id)
-    except FhirUnavailable as exc:
-        # The record is needed to draft; try again later rather than draft without it.
-        if self.request.retries >= (self.max_retries or 0):
-            mark_failed(runtime, analysis_id, f"FHIR unavailable: {exc}")
+    with exclusive_claim(runtime.engine, f"analysis:{analysis_id}") as held:
+        if not held:
+            log.info("analysis %s is running in another worker; dropping this duplicate", analysis_id)
             return None
-        raise self.retry(exc=exc, countdown=min(300, 5 * 2**self.request.retries)) from exc
-    except Exception as exc:
-        # Not retryable: record why (the exception type and message carry no patient data by
-        # construction of our own errors) so the study shows as failed instead of running forever.
-        mark_failed(runtime, analysis_id, f"{type(exc).__name__}: {exc}")
-        raise
+        status, starts = _analysis_starts(runtime, analysis_id)
+        if status == "running" and starts >= MAX_ANALYSIS_STARTS:
+            reason = f"analysis started {starts} times without finishing"
+            mark_failed(runtime, analysis_id, reason)
+            give_up(self, runtime, reason, [analysis_id])
+        try:
+            return run_analysis(runtime, analysis_id)
+        except Exception as exc:
+            reason = describe_failure(exc)
+            if _is_transient(exc) and self.request.retries < (self.max_retries or 0):
+                # The record is needed to draft: try again later rather than draft without it.
+                delay = backoff_delay(self.request.retries, cap_s=ANALYSE_BACKOFF_CAP_S)
+                raise self.retry(exc=exc, countdown=delay) from exc
+            try:
+                mark_failed(runtime, analysis_id, reason)
+            except SQLAlchemyError:
+                log.error("could not mark analysis %s failed (database unavailable)", analysis_id)
+            give_up(self, runtime, reason, [analysis_id])
 
 
-@shared_task(name=WRITEBACK_TASK, bind=True, acks_late=True, max_retries=8)
-def writeback_report(self: Task, report_id: str) -> str | None:  # type: ignore[type-arg]
+@shared_task(
+    name=WRITEBACK_TASK,
+    bind=True,
+    acks_late=True,
+    max_retries=WRITEBACK_MAX_RETRIES,
+    time_limit=WRITEBACK_TIME_LIMIT_S,
+    soft_time_limit=WRITEBACK_TIME_LIMIT_S - 30,
+)
+def writeback_report(self: Task, report_id: str) -> str | None:
     """Idempotent: the DiagnosticReport carries the analysis id as identifier (conditional create)."""
     runtime = get_runtime()
-    try:
-        return write_back_report(runtime, report_id)
-    except FhirUnavailable as exc:
-        runtime.ledger.append("fhir.write.deferred", "veritrace-worker", {"report_id": report_id})
-        raise self.retry(exc=exc, countdown=min(600, 5 * 2**self.request.retries)) from exc
+    with exclusive_claim(runtime.engine, f"writeback:{report_id}") as held:
+        if not held:
+            log.info(
+                "write-back of report %s is running in another worker; dropping this duplicate", report_id
+            )
+            return None
+        try:
+            return write_back_report(runtime, report_id)
+        except Exception as exc:
+            reason = describe_failure(exc)
+            if _is_transient(exc) and self.request.retries < (self.max_retries or 0):
+                delay = backoff_delay(self.request.retries, cap_s=WRITEBACK_BACKOFF_CAP_S)
+                if isinstance(exc, FhirUnavailable):
+                    runtime.ledger.append(
+                        "fhir.write.deferred",
+                        ACTOR,
+                        {
+                            "report_id": report_id,
+                            "attempt": int(self.request.retries) + 1,
+                            "retry_in_s": round(delay, 1),
+                            "reason": reason,
+                        },
+                    )
+                raise self.retry(exc=exc, countdown=delay) from exc
+            give_up(self, runtime, reason, [report_id])
