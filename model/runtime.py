@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
-    AutoImageProcessor,
     AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
@@ -172,12 +171,28 @@ def _load_processor(path: Path, model_type: str, trust_remote_code: bool) -> Pro
     except (OSError, ValueError, TypeError, ImportError) as exc:
         error = exc
     if model_type in ("qwen2_5_vl", "qwen2_vl"):
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
-        return VeritraceQwen2_5_VLImageProcessor(
-            image_processor, tokenizer, chat_template=getattr(tokenizer, "chat_template", None)
-        )
+        return _qwen_image_only_processor(path)
     raise ModelLoadError(f"no multimodal processor could be loaded from {path}: {error}")
+
+
+def _qwen_image_only_processor(path: Path) -> ProcessorMixin:
+    """Rebuild a hub-style Qwen2.5-VL processor (stock class, separate files) without its video half.
+
+    The PIL image processor is named directly: without torchvision `AutoImageProcessor` refuses the
+    stock `Qwen2VLImageProcessor` name. The chat template may sit in chat_template.json or .jinja.
+    """
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+    template = getattr(tokenizer, "chat_template", None)
+    if template is None and (path / "chat_template.jinja").is_file():
+        template = (path / "chat_template.jinja").read_text()
+    if template is None and (path / "chat_template.json").is_file():
+        template = json.loads((path / "chat_template.json").read_text()).get("chat_template")
+    if template is None:
+        raise ModelLoadError(f"{path} has no chat template (chat_template.jinja/json or tokenizer config)")
+    return VeritraceQwen2_5_VLImageProcessor(image_processor, tokenizer, chat_template=template)
 
 
 class _StepClock(LogitsProcessor):

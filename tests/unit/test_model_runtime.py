@@ -182,3 +182,31 @@ def test_tool_call_format_round_trips() -> None:
     text = "thinking " + QWEN2_5_VL.format_tool_call(call) + " <tool_call>\nnot json\n</tool_call>"
     assert QWEN2_5_VL.parse_tool_calls(text) == [call]
     assert adapter_for("qwen2_vl") is QWEN2_5_VL
+
+
+def test_hub_layout_qwen_checkpoint_loads_without_torchvision(tmp_path: Path, tiny_dirs, vlms) -> None:
+    """Qwen2.5-VL as published: stock processor class, preprocessor_config.json, chat_template.json.
+
+    The stock processor needs a video processor (torchvision); the loader must fall back to the image-only
+    one and produce exactly the tokens of the Veritrace-saved layout.
+    """
+    hub = tmp_path / "hub"
+    shutil.copytree(tiny_dirs["qwen2_5_vl"], hub)
+    nested = json.loads((hub / "processor_config.json").read_text())
+    image_cfg = dict(nested["image_processor"], processor_class="Qwen2_5_VLProcessor")
+    (hub / "preprocessor_config.json").write_text(json.dumps(image_cfg))
+    (hub / "processor_config.json").unlink()
+    tok_cfg = json.loads((hub / "tokenizer_config.json").read_text())
+    (hub / "tokenizer_config.json").write_text(
+        json.dumps(dict(tok_cfg, processor_class="Qwen2_5_VLProcessor"))
+    )
+    template = (hub / "chat_template.jinja").read_text()
+    (hub / "chat_template.jinja").unlink()
+    (hub / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+
+    loaded = load_vlm(ModelConfig(path=hub, device="cpu"))
+    assert type(loaded.processor).__name__ == "VeritraceQwen2_5_VLImageProcessor"
+    image = _image(3)
+    got = loaded.generate([image], "Hub layout.", max_new_tokens=6)
+    want = vlms["qwen2_5_vl"].generate([image], "Hub layout.", max_new_tokens=6)
+    assert got.token_ids == want.token_ids and got.prompt_token_count == want.prompt_token_count
