@@ -24,6 +24,7 @@ _EXPORTS = {
     "DicomImageError": "model.imaging",
     "load_model_image": "model.imaging",
     "select_images": "model.series_selection",
+    "select_frames": "model.series_selection",
     "LoadedVlm": "model.runtime",
     "ModelIdentity": "model.runtime",
     "ModelLoadError": "model.runtime",
@@ -61,6 +62,7 @@ __all__ = [
     "load_model_image",
     "load_vlm",
     "make_tiny",
+    "select_frames",
     "select_images",
 ]
 
@@ -80,7 +82,7 @@ if TYPE_CHECKING:
         ModelLoadError,
         load_vlm,
     )
-    from model.series_selection import select_images
+    from model.series_selection import select_frames, select_images
     from model.tiny import make_tiny
     from model.trace import StepSink, TraceStep
 

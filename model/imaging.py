@@ -21,10 +21,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, pixel_array
 
 from model.report import ImageRef
-from model.series_selection import select_images
+from model.series_selection import select_frames, select_images
 from model.windowing import grayscale_to_uint8
 
-__all__ = ["DicomImageError", "ModelImage", "load_model_image", "select_images"]
+__all__ = ["DicomImageError", "ModelImage", "load_model_image", "select_frames", "select_images"]
 
 DEFAULT_MAX_SIDE = 1024
 

@@ -2,16 +2,17 @@
 
 Rules, applied to headers only (pixel data is not read):
 1. Instances without pixels and non-image objects (SEG, SR, RT*, KO, PR, REG) are skipped, and so are
-   localizers / scouts (ImageType contains LOCALIZER, or a single-instance series of a CT/MR study with
-   many slices elsewhere is not preferred).
+   localizers / scouts (ImageType contains LOCALIZER).
 2. Series are ranked: ORIGINAL before DERIVED, axial orientation (ImageOrientationPatient normal along
-   the patient's z axis) before coronal / sagittal / unknown, then more instances first, then lower
-   SeriesNumber.
+   the patient's z axis) before coronal / sagittal / unknown, then more images (frames) first, then
+   lower SeriesNumber.
 3. From the best series, `max_images` instances are taken at evenly spaced positions along the stack
    (sorted by ImagePositionPatient along the slice normal, else InstanceNumber), avoiding the first and
    last slice, which rarely show the region of interest.
 4. If the best series has fewer instances than `max_images` (radiographs: one view per series), the
    remaining slots go to the next series in rank order (e.g. the lateral after the PA).
+5. Multi-frame instances (enhanced CT/MR, US cine) count each frame as one position of the stack, in
+   stored order: `select_frames` returns (path, frame) pairs, `select_images` the distinct paths.
 Paths whose headers cannot be read are skipped; the result may be shorter than `max_images`.
 """
 
@@ -35,6 +36,7 @@ class _Instance:
     path: Path
     position: float
     instance_number: int
+    frames: int = 1
 
 
 @dataclass
@@ -46,7 +48,8 @@ class _Series:
     instances: list[_Instance] = field(default_factory=list)
 
     def rank(self) -> tuple[int, int, int, int]:
-        return (0 if self.original else 1, 0 if self.axial else 1, -len(self.instances), self.number)
+        frames = sum(i.frames for i in self.instances)
+        return (0 if self.original else 1, 0 if self.axial else 1, -frames, self.number)
 
 
 def _normal(ds: Dataset) -> np.ndarray | None:
@@ -95,8 +98,21 @@ def evenly_spaced(count: int, take: int) -> list[int]:
     return sorted(dict.fromkeys(picks))
 
 
+def _frames(ds: Dataset) -> int:
+    value = ds.get("NumberOfFrames")
+    try:
+        return max(1, int(value)) if value not in (None, "") else 1
+    except ValueError:
+        return 1
+
+
 def select_images(dicom_paths: Sequence[Path], max_images: int) -> list[Path]:
     """Pick at most `max_images` instances of a study following the module's rules (best series first)."""
+    return list(dict.fromkeys(path for path, _ in select_frames(dicom_paths, max_images)))
+
+
+def select_frames(dicom_paths: Sequence[Path], max_images: int) -> list[tuple[Path, int]]:
+    """Pick at most `max_images` (path, frame) pairs following the module's rules (best series first)."""
     if max_images < 1:
         raise ValueError(f"max_images must be at least 1, got {max_images}")
     series: dict[str, _Series] = {}
@@ -108,13 +124,14 @@ def select_images(dicom_paths: Sequence[Path], max_images: int) -> list[Path]:
         if not _is_image(ds):
             continue
         _series_of(ds, series).instances.append(
-            _Instance(Path(path), _position(ds), int(ds.get("InstanceNumber") or 0))
+            _Instance(Path(path), _position(ds), int(ds.get("InstanceNumber") or 0), _frames(ds))
         )
-    chosen: list[Path] = []
+    chosen: list[tuple[Path, int]] = []
     for s in sorted(series.values(), key=_Series.rank):
-        stack = sorted(s.instances, key=lambda i: (i.position, i.instance_number, str(i.path)))
+        ordered = sorted(s.instances, key=lambda i: (i.position, i.instance_number, str(i.path)))
+        stack = [(inst.path, frame) for inst in ordered for frame in range(inst.frames)]
         left = max_images - len(chosen)
-        chosen += [stack[i].path for i in evenly_spaced(len(stack), left)]
+        chosen += [stack[i] for i in evenly_spaced(len(stack), left)]
         if len(chosen) >= max_images:
             break
     return chosen

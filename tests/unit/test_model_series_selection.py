@@ -123,3 +123,17 @@ def test_evenly_spaced_avoids_the_ends() -> None:
     assert evenly_spaced(3, 5) == [0, 1, 2]
     with pytest.raises(ValueError, match="max_images must be at least 1"):
         select_images([], max_images=0)
+
+
+def test_multiframe_instance_spreads_over_its_frames() -> None:
+    from pydicom.data import get_testdata_file
+
+    from model.series_selection import select_frames
+
+    cine = Path(str(get_testdata_file("emri_small.dcm")))  # one instance, 10 frames
+    frames = select_frames([cine], max_images=4)
+    assert frames == [(cine, i) for i in evenly_spaced(10, 4)]
+    assert select_images([cine], max_images=4) == [cine]
+    images = [load_model_image(path, frame=frame) for path, frame in frames]
+    assert [im.ref.frame for im in images] == [f for _, f in frames]
+    assert len({np.asarray(im.image).tobytes() for im in images}) == 4  # four different slices
