@@ -11,7 +11,9 @@ from tests.fault.harness import Deployment
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, postgres_url: str, rabbitmq_url: str, tiny_model_dir: Path) -> Iterator[Deployment]:
+def deployment(
+    tmp_path: Path, postgres_url: str, rabbitmq_url: str, tiny_model_dir: Path
+) -> Iterator[Deployment]:
     """PG + RabbitMQ + the tiny model, migrated; every process it started is stopped afterwards."""
     deployment = Deployment.create(
         tmp_path / "home",

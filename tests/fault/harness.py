@@ -178,7 +178,9 @@ class Deployment:
         return [entry.kind for entry in ledger.iter_entries()]
 
 
-def storescu(port: int, paths: Iterable[Path], *, calling_ae: str = "TEST_PACS") -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int, paths: Iterable[Path], *, calling_ae: str = "TEST_PACS"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["storescu", "-aet", calling_ae, "-aec", "VERITRACE", "127.0.0.1", str(port), *map(str, paths)],
         capture_output=True,

@@ -37,8 +37,10 @@ def test_killed_worker_analysis_completes_once(deployment: Deployment) -> None:
     # Kill the worker the moment the analysis is running and its start is audited (it is then reading
     # the study and running the model).
     wait_until(
-        lambda: (_status(deployment) or ("", 0))[0] == "running"
-        and "analysis.started" in deployment.ledger_kinds(),
+        lambda: (
+            (_status(deployment) or ("", 0))[0] == "running"
+            and "analysis.started" in deployment.ledger_kinds()
+        ),
         timeout_s=60,
         interval_s=0.02,
         what="analysis running",
