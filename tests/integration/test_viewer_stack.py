@@ -298,14 +298,16 @@ def _seed_store(store: Store, spool_dir: Path, ids: dict[str, str]) -> tuple[str
 
 
 @contextmanager
-def _node_ehr(tmp_path: Path, upstream: LocalFhirServer, redirect_uri: str) -> Iterator[str]:
+def _node_ehr(
+    tmp_path: Path, upstream: LocalFhirServer, redirect_uri: str, standalone_patient: str
+) -> Iterator[str]:
     port = free_port()
     config = {
         "port": port,
         "fhir_upstream": upstream.base_url,
         "fhir_upstream_token": UPSTREAM_TOKEN,
         "user": "dr-viewer-test",
-        "standalone_patient": None,
+        "standalone_patient": standalone_patient,
         "clients": [
             {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": [redirect_uri]}
         ],
@@ -380,7 +382,7 @@ def running_viewer_stack(tmp_path: Path, *, viewer_host: str = "127.0.0.1") -> I
         with FhirClient(fhir.base_url, token=UPSTREAM_TOKEN) as client:
             ids = _seed_fhir(client)
         report_id, other_id = _seed_store(store, spool_dir, ids)
-        with _node_ehr(tmp_path, fhir, f"{viewer_url}/viewer/callback") as ehr_url:
+        with _node_ehr(tmp_path, fhir, f"{viewer_url}/viewer/callback", ids["patient"]) as ehr_url:
             settings = JwtOffSettings(home=tmp_path, public_base_url=viewer_url)
             app = create_app(settings, session_factory=store.session_factory, ledger=store.ledger)
             launch_store = LaunchStore(launch_ttl_s=600)
