@@ -159,7 +159,7 @@ def wait_until(condition: Any, what: str, processes: list[subprocess.Popen[bytes
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for process in processes:
-            assert process.poll() is None, f"{process.args} exited with {process.returncode}"
+            assert process.poll() is None, f"{process.args!r} exited with {process.returncode}"
         result = condition()
         if result:
             return result
@@ -283,10 +283,9 @@ def test_study_from_orthanc_is_analysed_and_the_draft_sr_arrives_back(
             "report.drafted",
             "sr.exported",
         }
-        [received] = [entry for entry in entries if entry.kind == "dicom.received"]
-        assert received.payload["calling_ae"] == "ORTHANC" and received.payload["instance_count"] == len(
-            paths
-        )
+        [receipt] = [entry for entry in entries if entry.kind == "dicom.received"]
+        assert receipt.payload["calling_ae"] == "ORTHANC"
+        assert receipt.payload["instance_count"] == len(paths)
         ledger.verify()
     finally:
         engine.dispose()
