@@ -284,8 +284,8 @@ def test_study_from_orthanc_is_analysed_and_the_draft_sr_arrives_back(
             "sr.exported",
         }
         [receipt] = [entry for entry in entries if entry.kind == "dicom.received"]
-        assert receipt.payload["calling_ae"] == "ORTHANC"
-        assert receipt.payload["instance_count"] == len(paths)
+        payload = receipt.payload or {}
+        assert (payload["calling_ae"], payload["instance_count"]) == ("ORTHANC", len(paths))
         ledger.verify()
     finally:
         engine.dispose()
