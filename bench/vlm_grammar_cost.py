@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab", type=int, default=32_000)
     ap.add_argument("--max-chars", type=int, default=20_000_000)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=32, help="rows for the batched fill (0 to skip)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -105,17 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     logits = torch.zeros(1, MODEL_VOCAB)
     bitmask = xgr.allocate_token_bitmask(1, MODEL_VOCAB)
     per_step: list[float] = []
+    fill_only: list[float] = []
     for _ in range(args.repeats):
         matcher = xgr.GrammarMatcher(compiled)
         for i, token in enumerate(token_ids):
             start = time.perf_counter()
-            if i:
-                ok = matcher.accept_token(token_ids[i - 1])
-                if not ok:
-                    raise SystemExit(f"grammar rejected token {i - 1} of the sample report")
+            if i and not matcher.accept_token(token_ids[i - 1]):
+                raise SystemExit(f"grammar rejected token {i - 1} of the sample report")
             matcher.fill_next_token_bitmask(bitmask, 0)
+            filled = time.perf_counter()
             xgr.apply_token_bitmask_inplace(logits, bitmask)
             per_step.append(time.perf_counter() - start)
+            fill_only.append(filled - start)
             if not torch.isfinite(logits[0, token]):
                 raise SystemExit(f"grammar masks token {i} of a valid report")
             logits.zero_()
@@ -133,8 +135,41 @@ def main(argv: list[str] | None = None) -> int:
         f"mask per token (accept + fill bitmask + apply): median {statistics.median(ms):.3f} ms, "
         f"p90 {ms[int(0.9 * len(ms))]:.3f} ms, max {ms[-1]:.3f} ms, mean {statistics.fmean(ms):.3f} ms"
     )
+    print(
+        f"  of which accept + fill: median {statistics.median(fill_only) * 1e3:.3f} ms; the rest is applying "
+        f"the mask to a {MODEL_VOCAB:,}-wide float32 logits row on the CPU"
+    )
+    if args.batch:
+        serial, batched = batch_walk(compiled, token_ids, args.batch)
+        print(
+            f"batch of {args.batch} rows, per decode step: one row after another {serial:.2f} ms, "
+            f"BatchGrammarMatcher ({torch.get_num_threads()} CPU threads here) {batched:.2f} ms"
+        )
     print("=" * 90)
     return 0
+
+
+def batch_walk(compiled: Any, token_ids: list[int], rows: int) -> tuple[float, float]:
+    """Median ms per step to fill `rows` bitmasks, serially and with xgrammar's threaded batch fill."""
+    bitmask = xgr.allocate_token_bitmask(rows, MODEL_VOCAB)
+    results = []
+    for threaded in (False, True):
+        matchers = [xgr.GrammarMatcher(compiled) for _ in range(rows)]
+        batch = xgr.BatchGrammarMatcher()
+        steps = []
+        for i in range(len(token_ids) - 1):
+            start = time.perf_counter()
+            if i:
+                for m in matchers:
+                    m.accept_token(token_ids[i - 1])
+            if threaded:
+                batch.batch_fill_next_token_bitmask(matchers, bitmask)
+            else:
+                for row, m in enumerate(matchers):
+                    m.fill_next_token_bitmask(bitmask, row)
+            steps.append((time.perf_counter() - start) * 1e3)
+        results.append(statistics.median(steps))
+    return results[0], results[1]
 
 
 if __name__ == "__main__":

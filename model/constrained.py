@@ -69,6 +69,7 @@ class GrammarMask(LogitsProcessor):
 
         self._xgr = xgr
         self._matchers = [xgr.GrammarMatcher(g) if g is not None else None for g in grammars]
+        self._batch = xgr.BatchGrammarMatcher()
         self._bitmask = xgr.allocate_token_bitmask(len(grammars), vocab_size)
         self.vocab_size = vocab_size
         self._started = False
@@ -79,16 +80,21 @@ class GrammarMask(LogitsProcessor):
         start = time.perf_counter()
         if input_ids.shape[0] != len(self._matchers):
             raise RuntimeError(f"batch of {input_ids.shape[0]} rows, but {len(self._matchers)} grammars")
-        constrained_rows: list[int] = []
+        active: list[tuple[int, Any]] = []
         for row, matcher in enumerate(self._matchers):
             if matcher is None:
                 continue
             if self._started and not matcher.is_terminated():
                 matcher.accept_token(int(input_ids[row, -1]))
-            if matcher.is_terminated():
-                continue  # generate() pads this row from now on; its logits no longer matter
-            matcher.fill_next_token_bitmask(self._bitmask, row)
-            constrained_rows.append(row)
+            if not matcher.is_terminated():  # a finished row is padded by generate(); its logits are moot
+                active.append((row, matcher))
+        constrained_rows = [row for row, _ in active]
+        if len(active) == 1:
+            active[0][1].fill_next_token_bitmask(self._bitmask, active[0][0])
+        elif active:  # rows filled in parallel threads: the per-row fill is the costly part
+            self._batch.batch_fill_next_token_bitmask(
+                [m for _, m in active], self._bitmask, indices=constrained_rows
+            )
         self._started = True
         if constrained_rows:
             bitmask = self._bitmask if scores.device.type == "cpu" else self._bitmask.to(scores.device)
