@@ -4,13 +4,18 @@
 (function () {
   "use strict";
   const base = document.body.dataset.base;
+  const KEY = "veritrace-viewer-session";
+  // Browsers that block storage in third-party frames throw here: the handle then lives in this page
+  // only, and a reload asks the clinician to open the draft again from the EHR.
+  function stored() { try { return sessionStorage.getItem(KEY); } catch (e) { return null; } }
+  function store(value) { try { sessionStorage.setItem(KEY, value); return true; } catch (e) { return false; } }
   const meta = document.querySelector('meta[name="viewer-session"]');
+  let handle = stored();
   if (meta) {
-    sessionStorage.setItem("veritrace-viewer-session", meta.content);
+    handle = meta.content;
     meta.remove();
-    history.replaceState(null, "", base + "/app");
+    if (store(handle)) history.replaceState(null, "", base + "/app");
   }
-  const handle = sessionStorage.getItem("veritrace-viewer-session");
 
   function api(path, options) {
     const opts = Object.assign({}, options || {});
