@@ -83,7 +83,7 @@ def test_writeback_deferred_while_fhir_down_then_written(
         assert "task.dead_lettered" not in kinds
         deferred = [e for e in deployment.ledger().iter_entries() if e.kind == "fhir.write.deferred"]
         assert [e.payload["attempt"] for e in deferred][:2] == [1, 2]
-        deployment.ledger().verify()
+        assert deployment.ledger().verify().ok
     finally:
         deployment.stop_all()
         fhir.stop()

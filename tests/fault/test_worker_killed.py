@@ -64,4 +64,4 @@ def test_killed_worker_analysis_completes_once(deployment: Deployment) -> None:
     assert kinds.count("analysis.started") == 2  # the killed run and the rerun, both audited
     assert kinds.count("report.drafted") == 1
     assert kinds.count("analysis.completed") == 1
-    deployment.ledger().verify()
+    assert deployment.ledger().verify().ok
