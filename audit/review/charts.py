@@ -7,9 +7,10 @@ in a table beside it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from html import escape
 
 WIDTH, HEIGHT = 640, 240
@@ -17,6 +18,16 @@ LEFT, RIGHT, TOP, BOTTOM = 56, 16, 16, 40
 # Dark enough for 3:1 against white (WCAG 1.4.11 non-text contrast).
 PALETTE = ("#1f4e9c", "#b1361e", "#2e6b30", "#6a3d9a", "#8a5a00")
 DASHES = ("", "6 4", "2 3", "10 3 2 3", "1 5")
+
+
+def every_period(first: date, last: date, bucket: str) -> list[date]:
+    """All periods from ``first`` to ``last``: an empty week still takes its place on the time axis."""
+    step = timedelta(days=7 if bucket == "week" else 1)
+    periods, current = [], first
+    while current <= last:
+        periods.append(current)
+        current += step
+    return periods
 
 
 @dataclass(frozen=True)
@@ -29,7 +40,8 @@ def line_chart(
     title: str, periods: Sequence[date], lines: Sequence[Line], *, percent: bool, chart_id: str
 ) -> str:
     """An SVG line chart of ``lines`` over ``periods``; values are fractions when ``percent``."""
-    top_value = 1.0 if percent else max([1.0, *(v for line in lines for v in line.points.values())])
+    highest = max([1.0, *(v for line in lines for v in line.points.values())])
+    top_value = 1.0 if percent else float(math.ceil(highest / 4) * 4)  # four whole-number gridlines
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def x(i: int) -> float:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class OidcConfig(BaseModel):
@@ -12,17 +13,25 @@ class OidcConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    issuer: HttpUrl
+    issuer: str
     """Its discovery document is read from ``<issuer>/.well-known/openid-configuration``."""
     client_id: str = Field(min_length=1)
     client_secret: str | None = None
     """None for a public client (PKCE only); else sent with HTTP Basic (client_secret_basic)."""
-    redirect_uri: HttpUrl
+    redirect_uri: str
     """Must end in ``/review/auth/callback`` on the public address of the API."""
     roles_claim: str = "roles"
     """ID token (or UserInfo) claim holding the roles: a list, or one space-separated string."""
     scopes: tuple[str, ...] = ("openid", "profile", "roles")
     timeout_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("issuer", "redirect_uri")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+            raise ValueError("must be an absolute http(s) URL without a fragment")
+        return value
 
 
 class ReviewConfig(BaseModel):

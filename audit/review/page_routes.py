@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from audit.review.access_log import record_trace_view
 from audit.review.api_routes import dashboard_data, load_trace
-from audit.review.charts import Line, line_chart
+from audit.review.charts import Line, every_period, line_chart
 from audit.review.entry_proof import latest_checkpoint_view
 from audit.review.gate import check_csrf, current_session, page_session
 from audit.review.hook_calls import list_hook_calls
@@ -181,38 +181,40 @@ def build_page_router(state: ReviewState) -> APIRouter:
             return gate
         data = dashboard_data(state, max(1, min(days, 730)), bucket)
         series = data["series"]
-        periods = sorted({date.fromisoformat(p["period"]) for p in series})
+        seen = sorted({date.fromisoformat(p["period"]) for p in series})
+        periods = every_period(seen[0], seen[-1], bucket) if seen else []
         versions = sorted({p["model_version"] for p in series})
 
         def lines(metric: str) -> list[Line]:
+            # A period without analyses has volume 0 but no rate (nothing to divide by).
             return [
                 Line(
                     label=v,
                     points={
-                        date.fromisoformat(p["period"]): float(p[metric])
-                        for p in series
-                        if p["model_version"] == v and p[metric] is not None
+                        **({period: 0.0 for period in periods} if metric == "analyses" else {}),
+                        **{
+                            date.fromisoformat(p["period"]): float(p[metric])
+                            for p in series
+                            if p["model_version"] == v and p[metric] is not None
+                        },
                     },
                 )
                 for v in versions
             ]
 
-        charts = [
-            line_chart("Analyses per period", periods, lines("analyses"), percent=False, chart_id="volume"),
-            line_chart(
-                "Override rate (of analyses with feedback)",
-                periods,
-                lines("override_rate"),
-                percent=True,
-                chart_id="override",
-            ),
-            line_chart(
+        specs = [
+            ("Analyses per " + bucket, "analyses", False, "volume"),
+            ("Override rate (of analyses with feedback)", "override_rate", True, "override"),
+            (
                 "Verification failure rate (rejected statements)",
-                periods,
-                lines("verification_failure_rate"),
-                percent=True,
-                chart_id="verification",
+                "verification_failure_rate",
+                True,
+                "verification",
             ),
+        ]
+        charts = [
+            (title, line_chart(title, periods, lines(metric), percent=percent, chart_id=chart_id))
+            for title, metric, percent, chart_id in specs
         ]
         return render(
             request,

@@ -8,7 +8,9 @@ ledger with a real Ed25519 key.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from pydicom.data import get_testdata_file
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit import Ledger, LedgerConfig
@@ -24,7 +27,7 @@ from audit.review import ReviewConfig, build_review_router, hash_password
 from integrations.store.config import StoreConfig
 from integrations.store.engine import make_engine, make_session_factory
 from integrations.store.migrate import upgrade_database
-from integrations.store.models import Analysis, Card, Feedback, Report, Study
+from integrations.store.models import Analysis, AnalysisInstance, Card, Feedback, Instance, Report, Study
 from integrations.store.review_source import SqlTraceSource
 
 WEIGHTS_A = "a1" * 32
@@ -38,10 +41,16 @@ LOCAL_USERS = {
 }
 
 
+CT_SMALL = Path(get_testdata_file("CT_small.dcm") or "")
+CT_SMALL_SOP = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
+CT_SMALL_SERIES = "1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322"
+
+
 @dataclass
 class SeededStore:
     session_factory: sessionmaker[Session]
     ledger: Ledger
+    spool_dir: Path
     analyses: dict[str, str] = field(default_factory=dict)
     """name -> analysis id"""
 
@@ -152,7 +161,10 @@ def seed(tmp_path: Path, database_url: str | None = None, *, extra: int = 0) -> 
     config = LedgerConfig(key_dir=tmp_path / "keys", anchor_dir=tmp_path / "anchor", checkpoint_every=10_000)
     ensure_signing_key(config)
     ledger = Ledger(engine, config)
-    store = SeededStore(make_session_factory(engine), ledger)
+    spool = tmp_path / "spool"
+    spool.mkdir(exist_ok=True)
+    shutil.copyfile(CT_SMALL, spool / "ct_small.dcm")
+    store = SeededStore(make_session_factory(engine), ledger, spool)
     now = datetime.now(UTC)
     plan = [
         ("overridden", "pat-1001", WEIGHTS_A, True, "overridden", now - timedelta(days=1)),
@@ -165,6 +177,7 @@ def seed(tmp_path: Path, database_url: str | None = None, *, extra: int = 0) -> 
     ]
     for name, patient, weights, rejected, outcome, at in plan:
         store.analyses[name] = _seed_analysis(store, patient, weights, rejected, outcome, at)
+    _spool_image_of(store, store.analyses["overridden"])
     ledger.checkpoint()
     return store
 
@@ -279,6 +292,33 @@ def _seed_analysis(
     return analysis_id
 
 
+def _spool_image_of(store: SeededStore, analysis_id: str) -> None:
+    """Make the analysis's first image a real spooled CT frame (pydicom's CT_small), for thumbnails."""
+    with store.session_factory() as session:
+        analysis = session.get(Analysis, analysis_id)
+        assert analysis is not None and analysis.trace is not None
+        instance = Instance(
+            study_id=analysis.study_id,
+            series_uid=CT_SMALL_SERIES,
+            sop_instance_uid=CT_SMALL_SOP,
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            modality="CT",
+            spool_path="ct_small.dcm",
+            size_bytes=CT_SMALL.stat().st_size,
+            sha256=hashlib.sha256(CT_SMALL.read_bytes()).hexdigest(),
+        )
+        session.add(instance)
+        session.flush()
+        session.add(AnalysisInstance(analysis_id=analysis_id, instance_id=instance.id))
+        trace = dict(analysis.trace)
+        trace["images"] = [
+            {"study_uid": "x", "series_uid": CT_SMALL_SERIES, "sop_uid": CT_SMALL_SOP, "frame": 0}
+        ]
+        analysis.trace = trace
+        session.commit()
+
+
 def write_local_users(tmp_path: Path) -> Path:
     path = tmp_path / "review-users.json"
     hashed = hash_password(PASSWORD)
@@ -293,5 +333,6 @@ def write_local_users(tmp_path: Path) -> Path:
 def review_app(store: SeededStore, config: ReviewConfig) -> FastAPI:
     """A small app with only the review router: what ``cds.app`` mounts, without the CDS routes."""
     app = FastAPI()
-    app.include_router(build_review_router(SqlTraceSource(store.session_factory), store.ledger, config))
+    source = SqlTraceSource(store.session_factory, store.spool_dir)
+    app.include_router(build_review_router(source, store.ledger, config))
     return app
