@@ -483,3 +483,26 @@ def test_review_api_on_postgresql(tmp_path: Path) -> None:
         assert client.get("/review/api/ledger/entries/1").json()["server_verdict"] == "verified"
         store.ledger.engine.dispose()
         store.session_factory.kw["bind"].dispose()
+
+
+def test_mounted_in_the_cds_app(seeded: tuple[SeededStore, Path], tmp_path: Path) -> None:
+    """The lead's three lines in ``cds.app``: the review app works beside the CDS routes and its errors."""
+    from audit.review import build_review_router
+    from cds.app import create_app
+    from tests.integration.cds_support import JwtOffSettings
+
+    store = seeded[0]
+    app = create_app(
+        JwtOffSettings(home=tmp_path, public_base_url="http://testserver"),
+        session_factory=store.session_factory,
+        ledger=store.ledger,
+    )
+    config = ReviewConfig(local_users_file=write_local_users(tmp_path), secure_cookies=False)
+    app.include_router(
+        build_review_router(SqlTraceSource(store.session_factory, store.spool_dir), store.ledger, config)
+    )
+    anonymous = TestClient(app).get("/review/api/analyses")
+    assert anonymous.status_code == 401 and anonymous.json()["resourceType"] == "OperationOutcome"
+    client = sign_in(TestClient(app), "officer")
+    assert client.get("/review/api/analyses").json()["total"] == 33
+    assert client.get("/cds-services").status_code == 200
