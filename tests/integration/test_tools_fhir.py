@@ -11,6 +11,7 @@ import pytest
 
 from integrations.fhir import codes
 from integrations.fhir.client import FhirClient
+from integrations.fhir.server import LocalFhirServer
 from integrations.fhir.synthetic import generate_patients, load_synthetic_patients
 from integrations.tools.fhir_tools import fhir_tools
 from model.report import DraftReport, Statement
@@ -21,10 +22,16 @@ PATIENTS = {p.patient_id: p for p in generate_patients()}
 EGFR = codes.LABS["eGFR"].loinc
 
 
-@pytest.fixture
-def loaded(fhir_client: FhirClient) -> FhirClient:
-    load_synthetic_patients(fhir_client, list(PATIENTS.values()))
-    return fhir_client
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FhirClient]:
+    """A FHIR server of this module's own: the tests assert exact result sets, and other tests write
+    reports for the same synthetic patients on the shared session server."""
+    with (
+        LocalFhirServer(tmp_path_factory.mktemp("fhir-tools")) as server,
+        FhirClient(server.base_url) as client,
+    ):
+        load_synthetic_patients(client, list(PATIENTS.values()))
+        yield client
 
 
 @pytest.fixture
