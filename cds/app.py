@@ -135,7 +135,37 @@ def create_app(
     app.include_router(build_audit_router(lambda: ledger))
     if settings.stow_tokens:
         _mount_stow(app, settings, session_factory, ledger)
+    if settings.viewer_client_id:
+        _mount_viewer(app, settings, session_factory, ledger, http)
     return app
+
+
+def _mount_viewer(
+    app: FastAPI,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    ledger: Ledger,
+    http: httpx.AsyncClient,
+) -> None:
+    from cds.viewer import ViewerConfig, build_viewer_router
+
+    assert settings.viewer_client_id is not None
+    config = ViewerConfig(
+        public_base_url=settings.resolved_public_base_url,
+        client_id=settings.viewer_client_id,
+        client_secret=settings.viewer_client_secret,
+        allowed_issuers=tuple(settings.viewer_allowed_issuers),
+        frame_ancestors=tuple(settings.viewer_frame_ancestors),
+    )
+    app.include_router(
+        build_viewer_router(
+            config,
+            session_factory=session_factory,
+            ledger=ledger,
+            spool_dir=settings.dicom_config().spool_dir,
+            http=http,
+        )
+    )
 
 
 def _mount_stow(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit.config import LedgerConfig
@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     cds_jwt_max_age_s: float = 300.0
     cds_prefetch_timeout_s: float = 2.0
     cors_origins: list[str] = Field(default_factory=list)
+    # The SMART draft viewer (/viewer) is mounted when the EHR registered it as a client.
+    viewer_client_id: str | None = None
+    viewer_client_secret: SecretStr = SecretStr("")
+    viewer_allowed_issuers: list[str] = Field(default_factory=list)
+    viewer_frame_ancestors: list[str] = Field(default_factory=list)
     ledger_origin: str = "veritrace.local/ledger"
     ledger_anchor_url: str | None = None
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
@@ -19,8 +20,13 @@ from integrations.analysis.report_markdown import overall_severity, render_repor
 from integrations.dicom.study_files import study_instance_paths
 from integrations.store.models import Analysis, Report, Study
 from integrations.worker_runtime import WorkerRuntime
+from model.context import PatientContext
 from model.trace import TraceStep
 from model.verification import VerifiedReport, verify_report
+
+if TYPE_CHECKING:
+    from model.draft import DraftResult
+    from model.imaging import ModelImage
 
 log = logging.getLogger(__name__)
 ACTOR = "veritrace-worker"
@@ -28,8 +34,8 @@ ACTOR = "veritrace-worker"
 
 def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
     """Run one queued analysis; returns the stored report id, or None when there was nothing to do."""
-    from model.draft import draft_report
-    from model.imaging import load_model_image, select_images
+    from model.imaging import load_model_image
+    from model.series_selection import select_frames
 
     with runtime.session_factory() as session:
         analysis = session.get(Analysis, analysis_id)
@@ -56,8 +62,8 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
     )
     started = time.perf_counter()
 
-    chosen = select_images(paths, runtime.model.max_images)
-    images = [load_model_image(path) for path in chosen]
+    chosen = select_frames(paths, runtime.model.max_images)
+    images = [load_model_image(path, frame=frame) for path, frame in chosen]
     study_context = read_context_for_study(runtime, dicom_patient_id, study_uid)
     context, patient_ref = study_context.context, study_context.patient_ref
 
@@ -65,8 +71,7 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
         steps.append(step.model_dump(mode="json"))
 
     steps: list[dict[str, Any]] = []
-    vlm = runtime.vlm()
-    result = draft_report(vlm, images, context, step_sink=record_step)
+    result, images = _draft_within_memory(runtime, images, context, record_step)
     identity = result.identity.model_dump(mode="json")
     ledger.append(
         "model.invoked",
@@ -87,6 +92,12 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
     )
     report = verified.report
     body = report_body(verified)
+    record_step(
+        TraceStep(
+            kind="verification",
+            detail={"verdicts": [verdict.model_dump(mode="json") for verdict in verified.verdicts]},
+        )
+    )
     ledger.append(
         "report.verified",
         ACTOR,
@@ -116,7 +127,6 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
         "images": [image.ref.model_dump(mode="json") for image in images],
         "steps": steps,
         "report": body,
-        "verification": [verdict.model_dump(mode="json") for verdict in verified.verdicts],
         "elapsed_s": round(time.perf_counter() - started, 3),
     }
     with runtime.session_factory() as session:
@@ -170,6 +180,30 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
     if runtime.enqueue_writeback is not None and patient_ref is not None:
         runtime.enqueue_writeback(report_id)
     return report_id
+
+
+def _draft_within_memory(
+    runtime: WorkerRuntime,
+    images: list[ModelImage],
+    context: PatientContext,
+    record_step: Callable[[TraceStep], None],
+) -> tuple[DraftResult, list[ModelImage]]:
+    """A study that does not fit on the GPU is retried with half the images, down to one, not crashed."""
+    import torch
+
+    from model.batching import StudyTooLarge
+    from model.draft import draft_report
+
+    while True:
+        try:
+            return draft_report(runtime.vlm(), images, context, step_sink=record_step), images
+        except (StudyTooLarge, torch.OutOfMemoryError):
+            if len(images) <= 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            images = images[: len(images) // 2]
+            record_step(TraceStep(kind="memory_retry", detail={"images": len(images)}))
 
 
 def report_body(verified: VerifiedReport) -> dict[str, Any]:
