@@ -11,7 +11,14 @@ from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from audit.review.access_log import SIGNED_IN, record_event
-from audit.review.gate import SESSION_COOKIE, check_csrf, check_origin, current_session, safe_return_path
+from audit.review.gate import (
+    SECURITY_HEADERS,
+    SESSION_COOKIE,
+    check_csrf,
+    check_origin,
+    current_session,
+    safe_return_path,
+)
 from audit.review.oidc_client import OidcError, new_code_verifier
 from audit.review.reviewer import Reviewer
 from audit.review.sessions import PENDING_LOGIN_TTL_S, PendingLogin
@@ -69,6 +76,7 @@ def build_auth_router(state: ReviewState) -> APIRouter:
                 "login_csrf": login_csrf,
             },
         )
+        response.headers.update(SECURITY_HEADERS)
         response.set_cookie(
             LOGIN_CSRF_COOKIE,
             login_csrf,

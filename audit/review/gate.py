@@ -12,7 +12,7 @@ import secrets
 from urllib.parse import urlencode, urlsplit
 
 from fastapi import HTTPException, Request, status
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 
 from audit.review.roles import Permission
 from audit.review.sessions import ReviewSession
@@ -20,6 +20,13 @@ from audit.review.state import ReviewState
 
 SESSION_COOKIE = "vt_review_session"
 CSRF_HEADER = "x-csrf-token"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+    "script-src 'self'; frame-ancestors 'none'; form-action 'self' http: https:",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 def current_session(state: ReviewState, request: Request) -> ReviewSession | None:
@@ -68,12 +75,6 @@ def check_csrf(session: ReviewSession, request: Request, form_token: str | None 
     sent = request.headers.get(CSRF_HEADER) or form_token or ""
     if not secrets.compare_digest(sent, session.csrf_token):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
-
-
-def forbidden_page(state: ReviewState, request: Request, session: ReviewSession, what: str) -> HTMLResponse:
-    return state.templates.TemplateResponse(
-        request, "forbidden.html", {"session": session, "permission": what}, status_code=403
-    )
 
 
 def safe_return_path(value: str | None) -> str:

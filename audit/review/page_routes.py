@@ -18,20 +18,13 @@ from audit.review.access_log import record_trace_view
 from audit.review.api_routes import dashboard_data, load_trace
 from audit.review.charts import Line, every_period, line_chart
 from audit.review.entry_proof import latest_checkpoint_view
-from audit.review.gate import check_csrf, current_session, page_session
+from audit.review.gate import SECURITY_HEADERS, check_csrf, page_session
 from audit.review.hook_calls import list_hook_calls
 from audit.review.roles import Permission
 from audit.review.source import AnalysisFilters, Outcome, PageRequest
 from audit.review.state import PACKAGE_DIR, ReviewState
 
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
-    "script-src 'self'; frame-ancestors 'none'; form-action 'self' http: https:",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
 
 
 def _optional(value: str) -> str | None:
@@ -244,12 +237,5 @@ def build_page_router(state: ReviewState) -> APIRouter:
             "model_card.html",
             {"session": gate, "card": state.model_card, "local": local},
         )
-
-    @router.get("/whoami")
-    def whoami(request: Request) -> Response:
-        session = current_session(state, request)
-        if session is None:
-            return RedirectResponse("/review/login", status_code=status.HTTP_303_SEE_OTHER)
-        return RedirectResponse("/review/analyses", status_code=status.HTTP_303_SEE_OTHER)
 
     return router
