@@ -50,7 +50,29 @@ def _with_type2(ds: Dataset) -> Dataset:
     for keyword in _TYPE2_FROM_EVIDENCE:
         if keyword not in completed:
             setattr(completed, keyword, "")
+    _supported_character_set(completed)
     return completed
+
+
+def _supported_character_set(ds: Dataset) -> None:
+    """Leave the evidence in a Specific Character Set highdicom writes, else re-encode it as UTF-8.
+
+    Japanese and Korean senders write `\\ISO 2022 IR 87`: an empty first value means the default
+    repertoire with code extensions (PS3.3 C.12.1.1.2), defined term "ISO 2022 IR 6". highdicom rejects
+    the empty value and does not know some terms at all (Korean "ISO 2022 IR 149"); without this, every SR
+    of such a study would fail to build. Values are decoded to text first, so nothing is lost.
+    """
+    value = ds.get("SpecificCharacterSet")
+    if value is None:
+        return
+    values = [value] if isinstance(value, str) else [str(v) for v in value]
+    values = [v or "ISO 2022 IR 6" for v in values]
+    known = {member.value for member in hd.enum.SpecificCharacterSetValues}
+    if all(v in known for v in values):
+        ds.SpecificCharacterSet = values if len(values) > 1 else values[0]
+        return
+    ds.decode()
+    ds.SpecificCharacterSet = "ISO_IR 192"
 
 
 def load_evidence(paths: Sequence[Path]) -> list[Dataset]:
