@@ -1,9 +1,9 @@
 """The store's read side for the compliance review app: ``SqlTraceSource`` implements ``TraceSource``.
 
-Cheap filters (patient, study, dates, model version) run in SQL; the outcome of clinician feedback and the
-verifier's counts come from JSON (report bodies) and feedback rows, so they are derived in Python over the
-SQL-filtered rows. That keeps one code path for SQLite and PostgreSQL; it reads every matching row, which
-is fine for a review tool searching a date range but not for paging through years unfiltered.
+Cheap filters (patient, study, dates, model version) run in SQL, and a search using only those reads one
+page. The outcome of clinician feedback and the verifier's counts come from JSON (report bodies) and
+feedback rows, so filtering on them (and the dashboards) derives them in Python over the SQL-filtered
+rows: one code path for SQLite and PostgreSQL, linear in the rows the SQL filters leave.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit.review.source import (
@@ -119,7 +119,10 @@ class SqlTraceSource:
 
     # ------------------------------------------------------------------------------------------ list
 
-    def _rows(self, session: Session, filters: AnalysisFilters) -> list[Any]:
+    def _rows(
+        self, session: Session, filters: AnalysisFilters, page: PageRequest | None = None
+    ) -> tuple[list[Any], int | None]:
+        """Rows matching the SQL-side filters; with ``page``, only that page and the total count."""
         query = (
             select(Analysis, Study, Report)
             .join(Study, Study.id == Analysis.study_id)
@@ -139,7 +142,10 @@ class SqlTraceSource:
         if filters.model_version:
             weights = Analysis.model_identity["weights_sha256"].as_string()
             query = query.where(weights.startswith(filters.model_version.lower(), autoescape=True))
-        return list(session.execute(query).all())
+        if page is None:
+            return list(session.execute(query).all()), None
+        total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+        return list(session.execute(query.offset(page.offset).limit(page.per_page)).all()), total
 
     def _outcomes(self, session: Session, report_ids: Iterable[str]) -> dict[str, Outcome]:
         """Latest feedback outcome per report (by the clinician's outcome timestamp)."""
@@ -181,8 +187,10 @@ class SqlTraceSource:
             outcome=outcome,
         )
 
-    def _summaries(self, session: Session, filters: AnalysisFilters) -> list[AnalysisSummary]:
-        rows = self._rows(session, filters)
+    def _summaries(
+        self, session: Session, filters: AnalysisFilters, page: PageRequest | None = None
+    ) -> list[AnalysisSummary]:
+        rows, _total = self._rows(session, filters, page)
         outcomes = self._outcomes(session, (report.id for _a, _s, report in rows if report is not None))
         summaries = []
         for analysis, study, report in rows:
@@ -198,6 +206,16 @@ class SqlTraceSource:
         return summaries
 
     def list_analyses(self, filters: AnalysisFilters, page: PageRequest) -> AnalysisPage:
+        if filters.outcome is None and filters.verification_failures is None:
+            # Every filter runs in SQL: read one page and count the rest there.
+            with self._sessions() as session:
+                rows, total = self._rows(session, filters, page)
+                outcomes = self._outcomes(session, (r.id for _a, _s, r in rows if r is not None))
+            items = [
+                self._summary(a, s, r, outcomes.get(r.id, Outcome.NONE) if r is not None else Outcome.NONE)
+                for a, s, r in rows
+            ]
+            return AnalysisPage(items=items, total=total or 0, page=page.page, per_page=page.per_page)
         with self._sessions() as session:
             summaries = self._summaries(session, filters)
         return AnalysisPage(
