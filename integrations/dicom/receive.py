@@ -95,19 +95,22 @@ class InstanceReceiver:
             # The file stays in the spool (content-addressed; a resend finds it and indexes it then).
             LOG.error("index write failed (%s)", type(exc).__name__)
             return ReceiveResult(STATUS_PROCESSING_FAILURE, reason="index write failed")
-        if recorded.outcome is not IngestOutcome.DUPLICATE:
-            self._batcher.add(
-                association_key,
-                calling_ae=calling_ae,
-                study_uid=header.study_uid,
-                patient_ref=header.patient_id,
-                receipt={
-                    "sop_instance_uid": header.sop_instance_uid,
-                    "sha256": spooled.sha256,
-                    "size_bytes": spooled.size_bytes,
-                    "conflict": recorded.outcome is IngestOutcome.CONFLICT,
-                },
-            )
+        # Duplicates are receipted too: after a crash, the receipts of instances acknowledged before it
+        # were still pending in memory, and the PACS's resend (all duplicates by then) is what puts them
+        # in the ledger. A receipt records an event, so a repeat of known bytes is one more event.
+        self._batcher.add(
+            association_key,
+            calling_ae=calling_ae,
+            study_uid=header.study_uid,
+            patient_ref=header.patient_id,
+            receipt={
+                "sop_instance_uid": header.sop_instance_uid,
+                "sha256": spooled.sha256,
+                "size_bytes": spooled.size_bytes,
+                "outcome": recorded.outcome.value,
+                "conflict": recorded.outcome is IngestOutcome.CONFLICT,
+            },
+        )
         return ReceiveResult(STATUS_SUCCESS, outcome=recorded.outcome, sha256=spooled.sha256)
 
     def _index(self, header: InstanceHeader, spooled: SpooledFile, calling_ae: str) -> RecordedInstance:

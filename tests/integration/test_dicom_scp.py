@@ -111,8 +111,10 @@ def test_store_index_duplicate_conflict_and_ledger(tmp_path: Path, store: DicomS
     assert len(list((scp.spool.root / "objects").rglob("*.dcm"))) == 4
     [entry] = store.entries("dicom.received")
     assert entry.study_uid == study and entry.actor == "dicom-scp:VERITRACE"
-    assert entry.payload["instance_count"] == 4 and entry.payload["calling_ae"] == "PACS"
-    assert sorted(i["sha256"] for i in entry.payload["instances"]) == sorted(r.sha256 for r in stored)
+    assert entry.payload["instance_count"] == 5 and entry.payload["calling_ae"] == "PACS"
+    receipts = entry.payload["instances"]
+    assert sorted({i["sha256"] for i in receipts}) == sorted(r.sha256 for r in stored)
+    assert [i["outcome"] for i in receipts] == ["stored", "stored", "stored", "duplicate", "conflict"]
     assert "SYNTHETIC" not in repr(entry)  # no patient name anywhere in the receipt
 
 
