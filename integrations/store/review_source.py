@@ -52,61 +52,51 @@ def _day_start(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=UTC)
 
 
+def _statement_view(section: str, index: int, st: dict[str, Any], verdict_raw: object) -> StatementView:
+    reason, detail = None, ""
+    if isinstance(verdict_raw, dict):
+        reason, detail = verdict_raw.get("reason"), str(verdict_raw.get("detail") or "")
+        verdict_raw = verdict_raw.get("verdict") or verdict_raw.get("status")
+    word = str(verdict_raw).lower() if verdict_raw is not None else ""
+    verdict: Literal["supported", "rejected", "unverified"] = (
+        "supported" if word in SUPPORTED_WORDS else "rejected" if word in REJECTED_WORDS else "unverified"
+    )
+    return StatementView(
+        section="impression" if section == "impression" else "findings",
+        index=index,
+        text=str(st.get("text", "")),
+        severity=str(st.get("severity", "normal")),
+        laterality=str(st.get("laterality", "none")),
+        citations=[str(c) for c in st.get("citations", [])],
+        verdict=verdict,
+        reason=reason,
+        detail=detail,
+    )
+
+
 def statement_views(body: dict[str, Any] | None) -> list[StatementView]:
-    """Statements with verdicts: the verifier's list when recorded (it keeps rejected ones), else the body."""
+    """Kept statements then rejected ones, with verdicts, from a report body as the worker stores it.
+
+    The worker (``integrations.analysis.pipeline.report_body``) marks each kept statement
+    ``verification: {"verdict": "verified"}`` and lists removed ones under ``rejected`` with the reason;
+    a body without verification (an older worker) gives ``unverified`` statements.
+    """
     if not body:
         return []
-    verification = body.get("verification")
-    verdicts = verification.get("verdicts") if isinstance(verification, dict) else None
     views: list[StatementView] = []
-    if isinstance(verdicts, list) and verdicts:
-        for item in verdicts:
-            if not isinstance(item, dict) or not isinstance(item.get("statement"), dict):
-                continue
-            st = item["statement"]
-            views.append(
-                StatementView(
-                    section="impression" if item.get("section") == "impression" else "findings",
-                    index=int(item.get("index", len(views))),
-                    text=str(st.get("text", "")),
-                    severity=str(st.get("severity", "normal")),
-                    laterality=str(st.get("laterality", "none")),
-                    citations=[str(c) for c in st.get("citations", [])],
-                    verdict="supported" if item.get("supported") else "rejected",
-                    reason=item.get("reason"),
-                    detail=str(item.get("detail", "")),
-                )
-            )
-        return views
+    counts = {"findings": 0, "impression": 0}
     for section in ("findings", "impression"):
-        for index, st in enumerate(body.get(section) or []):
-            if not isinstance(st, dict):
-                continue
-            raw = st.get("verification")
-            reason = None
-            if isinstance(raw, dict):
-                reason = raw.get("reason")
-                raw = raw.get("verdict") or raw.get("status")
-            word = str(raw).lower() if raw is not None else ""
-            verdict: Literal["supported", "rejected", "unverified"] = (
-                "supported"
-                if word in SUPPORTED_WORDS
-                else "rejected"
-                if word in REJECTED_WORDS
-                else "unverified"
-            )
-            views.append(
-                StatementView(
-                    section="impression" if section == "impression" else "findings",
-                    index=index,
-                    text=str(st.get("text", "")),
-                    severity=str(st.get("severity", "normal")),
-                    laterality=str(st.get("laterality", "none")),
-                    citations=[str(c) for c in st.get("citations", [])],
-                    verdict=verdict,
-                    reason=reason,
-                )
-            )
+        for st in body.get(section) or []:
+            if isinstance(st, dict):
+                views.append(_statement_view(section, counts[section], st, st.get("verification")))
+                counts[section] += 1
+    for item in body.get("rejected") or []:
+        if not isinstance(item, dict) or not isinstance(item.get("statement"), dict):
+            continue
+        section = "impression" if item.get("section") == "impression" else "findings"
+        raw = item.get("verification") or {"verdict": "rejected"}
+        views.append(_statement_view(section, counts[section], item["statement"], raw))
+        counts[section] += 1
     return views
 
 

@@ -24,11 +24,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from audit import Ledger, LedgerConfig
 from audit.keys import ensure_signing_key
 from audit.review import ReviewConfig, build_review_router, hash_password
+from integrations.analysis.pipeline import report_body
 from integrations.store.config import StoreConfig
 from integrations.store.engine import make_engine, make_session_factory
 from integrations.store.migrate import upgrade_database
 from integrations.store.models import Analysis, AnalysisInstance, Card, Feedback, Instance, Report, Study
 from integrations.store.review_source import SqlTraceSource
+from model.report import DraftReport, Severity, Statement
+from model.verification import VerifiedReport
+from model.verification.verdict import RejectionReason, StatementVerdict
 
 WEIGHTS_A = "a1" * 32
 WEIGHTS_B = "b2" * 32
@@ -120,38 +124,25 @@ def _trace(analysis_id: str, study_uid: str, weights: str, at: datetime) -> dict
 
 
 def _body(rejected: bool) -> dict[str, Any]:
-    supported = {
-        "text": "CRP 91.0 mg/L supports an inflammatory process",
-        "severity": "moderate",
-        "laterality": "none",
-        "codes": [],
-        "citations": ["ev1"],
-    }
-    wrong = {
-        "text": "CRP 19.0 mg/L, within normal limits",
-        "severity": "normal",
-        "laterality": "none",
-        "codes": [],
-        "citations": ["ev1"],
-    }
-    verdicts = [{"section": "findings", "index": 0, "statement": supported, "supported": True, "detail": ""}]
+    """The report body exactly as the worker stores it, from real verifier types."""
+    supported = Statement(
+        text="CRP 91.0 mg/L supports an inflammatory process", severity=Severity.MODERATE, citations=["ev1"]
+    )
+    wrong = Statement(text="CRP 19.0 mg/L, within normal limits", citations=["ev1"])
+    verdicts = [StatementVerdict(section="findings", index=0, statement=supported, supported=True)]
     if rejected:
         verdicts.append(
-            {
-                "section": "findings",
-                "index": 1,
-                "statement": wrong,
-                "supported": False,
-                "reason": "number_mismatch",
-                "detail": "states 19.0, evidence ev1 has 91.0",
-            }
+            StatementVerdict(
+                section="findings",
+                index=1,
+                statement=wrong,
+                supported=False,
+                reason=RejectionReason.NUMBER_MISMATCH,
+                detail="states 19.0, evidence ev1 has 91.0",
+            )
         )
-    return {
-        "findings": [supported],
-        "impression": [],
-        "untrained_model": True,
-        "verification": {"verdicts": verdicts},
-    }
+    kept = DraftReport(findings=[supported], untrained_model=True)
+    return report_body(VerifiedReport(report=kept, verdicts=verdicts))
 
 
 def seed(tmp_path: Path, database_url: str | None = None, *, extra: int = 0) -> SeededStore:
