@@ -137,6 +137,13 @@ def create_app(
         _mount_stow(app, settings, session_factory, ledger)
     if settings.viewer_client_id:
         _mount_viewer(app, settings, session_factory, ledger, http)
+    review_config = settings.review_config()
+    if review_config is not None:
+        from audit.review import build_review_router
+        from integrations.store.review_source import SqlTraceSource
+
+        source = SqlTraceSource(session_factory, settings.dicom_config().spool_dir)
+        app.include_router(build_review_router(source, ledger, review_config))
     return app
 
 

@@ -125,6 +125,7 @@ def demo(
 
 def _mount_subcommands() -> None:
     from audit.cli import build_audit_cli
+    from cds.review_cli import review_app
     from model.cli import build_model_cli
 
     def open_ledger():  # type: ignore[no-untyped-def]
@@ -134,6 +135,7 @@ def _mount_subcommands() -> None:
 
     app.add_typer(build_audit_cli(open_ledger, lambda: Settings().ledger_config()), name="audit")
     app.add_typer(build_model_cli(), name="model")
+    app.add_typer(review_app, name="review")
 
 
 _mount_subcommands()

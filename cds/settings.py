@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit.config import LedgerConfig
+from audit.review.config import OidcConfig, ReviewConfig
 from integrations.dicom.config import DicomConfig, RoutingRules, SrDestination
 from integrations.fhir.config import FhirConfig
 from integrations.store.config import StoreConfig
@@ -58,6 +59,14 @@ class Settings(BaseSettings):
     cds_jwt_max_age_s: float = 300.0
     cds_prefetch_timeout_s: float = 2.0
     cors_origins: list[str] = Field(default_factory=list)
+    # Compliance review (/review): the hospital IdP (OIDC, code + PKCE) and/or local accounts.
+    review_oidc_issuer: str | None = None
+    review_oidc_client_id: str | None = None
+    review_oidc_client_secret: SecretStr | None = None
+    review_roles_claim: str = "roles"
+    review_local_users_file: Path | None = None
+    review_secure_cookies: bool = True
+    review_model_card_file: Path | None = None
     # The SMART draft viewer (/viewer) is mounted when the EHR registered it as a client.
     viewer_client_id: str | None = None
     viewer_client_secret: SecretStr = SecretStr("")
@@ -133,6 +142,33 @@ class Settings(BaseSettings):
             key_dir=home / "keys",
             anchor_dir=home / "anchor",
             anchor_url=self.ledger_anchor_url,
+        )
+
+    @property
+    def resolved_review_users_file(self) -> Path:
+        return self.review_local_users_file or self.resolved_home / "review-users.json"
+
+    def review_config(self) -> ReviewConfig | None:
+        """None when no sign-in method is configured: the review app is then not mounted at all."""
+        oidc = None
+        if self.review_oidc_issuer and self.review_oidc_client_id:
+            secret = self.review_oidc_client_secret
+            oidc = OidcConfig(
+                issuer=self.review_oidc_issuer,
+                client_id=self.review_oidc_client_id,
+                client_secret=secret.get_secret_value() if secret else None,
+                redirect_uri=f"{self.resolved_public_base_url.rstrip('/')}/review/auth/callback",
+                roles_claim=self.review_roles_claim,
+            )
+        users = self.resolved_review_users_file
+        local = users if users.exists() else None
+        if oidc is None and local is None:
+            return None
+        return ReviewConfig(
+            oidc=oidc,
+            local_users_file=local,
+            secure_cookies=self.review_secure_cookies,
+            model_card_file=self.review_model_card_file,
         )
 
     def ensure_home(self) -> None:
