@@ -16,16 +16,16 @@ from typing import Any
 from anyio import to_thread
 from pydantic import BaseModel, ValidationError
 
+from audit import EntryDraft
 from cds.cards import CdsResponse
 from cds.client_auth.authenticate import authenticate
-from cds.commit_policy import commit_without_flush_wait
+from cds.group_commit import CardRow
 from cds.hook_audit import actor_for, patient_ref_for
 from cds.hook_call import HookCall, HookOutcome
 from cds.hook_request import HookRequest
 from cds.operation_outcome import CdsError
 from cds.runtime import CdsRuntime
 from cds.service_catalog import RegisteredService
-from integrations.store.models import Card as StoredCard
 
 log = logging.getLogger(__name__)
 
@@ -93,49 +93,45 @@ async def call_service(
             public_base_url=runtime.public_base_url,
             now=datetime.now(UTC),
         )
-        response, outcome = await to_thread.run_sync(_build_and_store, runtime, service, call, patient_ref)
+        response, outcome = await to_thread.run_sync(_build_cards, service, call)
+        rows = _card_rows(call, response, outcome)
     except CdsError as exc:
         audit.update(status=exc.status, reason=exc.diagnostics)
-        await _audit(runtime, audit, issuer, patient_ref, started)
+        await runtime.commits.record(audit=_audit_entry(audit, issuer, patient_ref, started))
         log.info("cds call refused: service=%s status=%s reason=%s", service_id, exc.status, exc.diagnostics)
         raise
     audit.update(status=200, cards=len(outcome.cards), cardUuids=[c.uuid for c in outcome.cards])
     if outcome.skipped:
         audit["skipped"] = outcome.skipped
         log.warning("cds call degraded: service=%s reasons=%s", service_id, outcome.skipped)
-    await _audit(runtime, audit, issuer, patient_ref, started)
+    # Cards and audit entry commit together with other calls' writes; answered only once both have.
+    await runtime.commits.record(cards=rows, audit=_audit_entry(audit, issuer, patient_ref, started))
     return response
 
 
-def _build_and_store(
-    runtime: CdsRuntime, service: RegisteredService, call: HookCall, patient_ref: str | None
-) -> tuple[dict[str, Any], HookOutcome]:
+def _build_cards(service: RegisteredService, call: HookCall) -> tuple[dict[str, Any], HookOutcome]:
     outcome = service.build_cards(call)
-    response = CdsResponse(cards=tuple(outcome.cards)).to_json()
-    if outcome.cards:
-        patient_id = getattr(call.context, "patientId", None)
-        with runtime.session_factory() as session:
-            commit_without_flush_wait(session)
-            session.add_all(
-                StoredCard(
-                    uuid=card["uuid"],
-                    service_id=call.service_id,
-                    hook_instance=call.request.hookInstance,
-                    patient_id=patient_id,
-                    report_id=outcome.card_reports.get(card["uuid"]),
-                    payload=card,
-                )
-                for card in response["cards"]
-            )
-            session.commit()
-    return response, outcome
+    return CdsResponse(cards=tuple(outcome.cards)).to_json(), outcome
 
 
-async def _audit(
-    runtime: CdsRuntime, payload: dict[str, Any], issuer: str | None, patient_ref: str | None, started: float
-) -> None:
+def _card_rows(call: HookCall, response: dict[str, Any], outcome: HookOutcome) -> list[CardRow]:
+    patient_id = getattr(call.context, "patientId", None)
+    return [
+        CardRow(
+            uuid=card["uuid"],
+            service_id=call.service_id,
+            hook_instance=call.request.hookInstance,
+            patient_id=patient_id,
+            report_id=outcome.card_reports.get(card["uuid"]),
+            payload=card,
+        )
+        for card in response["cards"]
+    ]
+
+
+def _audit_entry(
+    payload: dict[str, Any], issuer: str | None, patient_ref: str | None, started: float
+) -> EntryDraft:
     payload["issuer"] = issuer
     payload["latencyMs"] = round((time.perf_counter() - started) * 1000, 2)
-    await to_thread.run_sync(
-        lambda: runtime.ledger.append("cds.hook", actor_for(issuer), payload, patient_ref=patient_ref)
-    )
+    return EntryDraft(kind="cds.hook", actor=actor_for(issuer), payload=payload, patient_ref=patient_ref)

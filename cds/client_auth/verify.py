@@ -10,19 +10,21 @@ claims ``aud`` (= the URL called), ``exp``, ``iat`` (neither in the future nor o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import jwt
-from anyio import to_thread
+from jwt.algorithms import get_default_algorithms
 
+from cds.client_auth.compact_jws import CompactJws, MalformedJws, parse_compact_jws
 from cds.client_auth.jti_replay import JtiReplayCache
 from cds.client_auth.jwks_cache import JwksCache, JwksUnavailable
 from cds.client_auth.trusted_issuers import TrustedIssuer, TrustedIssuers
 
 ALLOWED_ALGORITHMS = frozenset({"ES384", "RS384", "ES256", "RS256"})
+SIGNATURES = {name: get_default_algorithms()[name] for name in ALLOWED_ALGORITHMS}
+"""PyJWT's signature algorithms (raw ECDSA signatures converted to DER, RSASSA-PKCS1-v1_5)."""
 KEY_TYPE_FOR = {"ES": "EC", "RS": "RSA"}
 
 
@@ -59,23 +61,26 @@ class ClientTokenVerifier:
         self.replay = replay
         self.leeway_s = leeway_s
         self.max_age_s = max_age_s
-        self._keys: dict[tuple[str, str], Any] = {}
+        self._keys: dict[tuple[str, str, str], tuple[dict[str, Any], Any]] = {}
 
     async def verify(self, authorization: str | None, audience: str) -> CdsClient:
         """Raises ``InvalidClientToken`` (401) or ``UntrustedClient`` (403)."""
-        token = _bearer(authorization)
-        header = _header(token)
+        jws = _parse(_bearer(authorization))
+        header = _checked_header(jws.header)
         alg, kid = header["alg"], header["kid"]
-        iss = _unverified_issuer(token)
+        iss = _unverified_issuer(jws.claims)
         issuer = self.issuers.get(iss)
         if issuer is None:
             raise UntrustedClient("issuer is not in the trusted CDS clients list")
         jwk = await self._find_key(issuer, header)
         if jwk is None:
             raise InvalidClientToken(f"no key with kid {kid!r} for this issuer")
-        claims = self._decode(token, jwk, alg, kid, iss, audience)
+        key = self._public_key(jwk, alg, kid, iss)
+        if not SIGNATURES[alg].verify(jws.signing_input, key, jws.signature):
+            raise InvalidClientToken("token rejected: signature verification failed")
+        claims = self._checked_claims(jws.claims, audience)
         expires_at = datetime.fromtimestamp(float(claims["exp"]) + self.leeway_s, UTC)
-        first = await to_thread.run_sync(self.replay.first_use, iss, str(claims["jti"]), expires_at)
+        first = await self.replay.first_use(iss, str(claims["jti"]), expires_at)
         if not first:
             raise InvalidClientToken("token jti was already used (replay)")
         tenant = claims.get("tenant")
@@ -103,46 +108,49 @@ class ClientTokenVerifier:
                 return key
         return None
 
-    def _decode(
-        self, token: str, jwk: dict[str, Any], alg: str, kid: str, iss: str, audience: str
-    ) -> dict[str, Any]:
+    def _public_key(self, jwk: dict[str, Any], alg: str, kid: str, iss: str) -> Any:
+        """The key object for a JWK, built once per issuer, kid and algorithm while the JWK is unchanged."""
         if jwk.get("kty") != KEY_TYPE_FOR[alg[:2]] or jwk.get("alg", alg) != alg:
             raise InvalidClientToken(f"key {kid!r} does not fit algorithm {alg}")
-        cache_key = (json.dumps(jwk, sort_keys=True), alg)
-        key = self._keys.get(cache_key)
-        if key is None:
-            try:
-                key = jwt.PyJWK(jwk, algorithm=alg).key
-            except jwt.PyJWTError as exc:
-                raise InvalidClientToken(f"key {kid!r} cannot be used: {exc}") from exc
-            self._keys[cache_key] = key
+        cached = self._keys.get((iss, kid, alg))
+        if cached is not None and cached[0] == jwk:
+            return cached[1]
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key,
-                algorithms=[alg],
-                audience=audience,
-                issuer=iss,
-                leeway=self.leeway_s,
-                options={"require": ["iss", "aud", "exp", "iat", "jti"]},
-            )
-        except jwt.ExpiredSignatureError as exc:
-            raise InvalidClientToken("token expired") from exc
-        except jwt.InvalidAudienceError as exc:
-            raise InvalidClientToken("token aud is not this service's URL") from exc
-        except jwt.ImmatureSignatureError as exc:
-            raise InvalidClientToken("token iat or nbf is in the future") from exc
+            key = jwt.PyJWK(jwk, algorithm=alg).key
         except jwt.PyJWTError as exc:
-            raise InvalidClientToken(f"token rejected: {exc}") from exc
+            raise InvalidClientToken(f"key {kid!r} cannot be used: {exc}") from exc
+        self._keys[(iss, kid, alg)] = (dict(jwk), key)
+        return key
+
+    def _checked_claims(self, claims: dict[str, Any], audience: str) -> dict[str, Any]:
+        """RFC 7519 §4.1 checks on a payload whose signature has been verified."""
+        for name in ("iss", "aud", "exp", "iat", "jti"):
+            if name not in claims:
+                raise InvalidClientToken(f"token has no {name} claim")
         now = datetime.now(UTC).timestamp()
-        iat = float(claims["iat"])
+        exp, iat, nbf = _number(claims, "exp"), _number(claims, "iat"), claims.get("nbf")
+        if now >= exp + self.leeway_s:
+            raise InvalidClientToken("token expired")
+        if nbf is not None and _number(claims, "nbf") > now + self.leeway_s:
+            raise InvalidClientToken("token nbf is in the future")
         if iat > now + self.leeway_s:
             raise InvalidClientToken("token iat is in the future")
         if now - iat > self.max_age_s + self.leeway_s:
             raise InvalidClientToken("token iat is too old")
+        aud = claims["aud"]
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if audience not in [a for a in audiences if isinstance(a, str)]:
+            raise InvalidClientToken("token aud is not this service's URL")
         if not isinstance(claims["jti"], str) or not claims["jti"]:
             raise InvalidClientToken("token jti must be a non-empty string")
         return claims
+
+
+def _number(claims: dict[str, Any], name: str) -> float:
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidClientToken(f"token {name} must be a NumericDate (a number)")
+    return float(value)
 
 
 def _bearer(authorization: str | None) -> str:
@@ -154,11 +162,14 @@ def _bearer(authorization: str | None) -> str:
     return token.strip()
 
 
-def _header(token: str) -> dict[str, Any]:
+def _parse(token: str) -> CompactJws:
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as exc:
-        raise InvalidClientToken("token is not a JWS") from exc
+        return parse_compact_jws(token)
+    except MalformedJws as exc:
+        raise InvalidClientToken(f"token is not a JWS ({exc})") from exc
+
+
+def _checked_header(header: dict[str, Any]) -> dict[str, Any]:
     alg = header.get("alg")
     if alg not in ALLOWED_ALGORITHMS:
         raise InvalidClientToken(f"algorithm {alg!r} is refused; use ES384 or RS384")
@@ -166,14 +177,13 @@ def _header(token: str) -> dict[str, Any]:
         raise InvalidClientToken("token header typ must be JWT")
     if not isinstance(header.get("kid"), str) or not header["kid"]:
         raise InvalidClientToken("token header has no kid")
+    if "crit" in header:
+        # RFC 7515 §4.1.11: extensions we do not implement must make the token invalid.
+        raise InvalidClientToken("token header lists critical extensions (crit); none are supported")
     return header
 
 
-def _unverified_issuer(token: str) -> str:
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError as exc:
-        raise InvalidClientToken("token payload is not readable") from exc
+def _unverified_issuer(claims: dict[str, Any]) -> str:
     iss = claims.get("iss")
     if not isinstance(iss, str) or not iss:
         raise InvalidClientToken("token has no iss")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from cds.discovery import USAGE_REQUIREMENTS, ServiceDefinition
 from cds.hook_call import HookCall, HookOutcome
 from cds.hook_request import PatientViewContext
-from cds.services.draft_reports import current_drafts
+from cds.services.draft_cache import draft_cache_for
 from cds.services.report_cards import report_card, signal_cards
 from cds.services.report_staleness import final_reports
 
@@ -39,8 +39,7 @@ def patient_view_cards(call: HookCall) -> HookOutcome:
     outcome = HookOutcome()
     reports = call.prefetch.get("finalReports")
     studies = call.prefetch.get("imagingStudies")
-    with call.session_factory() as session:
-        drafts = current_drafts(session, patient_id=call.context.patientId)
+    drafts = draft_cache_for(call.session_factory).drafts(call.context.patientId)
     if not drafts:
         return outcome
     if reports is None or studies is None:

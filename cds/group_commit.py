@@ -1,0 +1,250 @@
+"""Group commit for the hook path: one writer thread turns the writes of many concurrent CDS calls into
+one database transaction (``jti`` claims and card rows) and one audit-ledger append per cycle.
+
+Why: every hook call writes three things (its token's ``jti``, its cards, its audit entry). Written
+call by call, each was a transaction of its own, so 50 concurrent calls queued for pooled connections,
+for the ledger's sequencer lock and for one round trip after another; the waiting, not the work, set
+the latency. Here a call hands its writes to the writer and awaits them; while one batch commits, the
+next one gathers, so a busy server writes big batches and an idle one writes at once (no timer).
+
+Nothing is acknowledged that could be lost: a call's future resolves only after the transaction holding
+its rows (and, for cards and audit entries, the ledger append after it) has committed. Commits use the
+hook path's flush policy (``cds.commit_policy``: atomic and ordered, flushed within the WAL writer's
+cycle).
+
+Replay across replicas is decided by the database: a claim is an upsert on ``cds_seen_jti``'s primary
+key that inserts a new key or revives an expired one and returns the keys it wrote; a key not returned
+is held, unexpired, by an earlier token seen by this or any other replica. Two claims of one key in one
+batch: the first wins. A batch whose transaction fails is retried one call at a time, so a bad call
+fails alone and the others still commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from audit import EntryDraft, Ledger
+from integrations.store.models import Card, SeenJwtId
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 512
+"""Calls per cycle at most; more wait for the next cycle (keeps one statement's size bounded)."""
+
+
+@dataclass(frozen=True)
+class CardRow:
+    """One card as stored in ``cards`` (the wire form in ``payload``)."""
+
+    uuid: str
+    service_id: str
+    hook_instance: str
+    patient_id: str | None
+    report_id: str | None
+    payload: dict[str, Any]
+
+
+@dataclass
+class _Work:
+    claim: tuple[str, datetime] | None = None
+    cards: Sequence[CardRow] = ()
+    audit: EntryDraft | None = None
+    done: concurrent.futures.Future[bool] = field(default_factory=concurrent.futures.Future)
+
+
+class GroupCommitWriter:
+    """Batches hook-path writes; safe to share between event loops and threads.
+
+    The writer thread starts on the first submission and exits after ``idle_exit_s`` without work, so
+    an app that is dropped without shutdown (tests, reloads) leaves no thread behind.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        ledger: Ledger | None,
+        *,
+        purge_every_s: float = 60.0,
+        idle_exit_s: float = 5.0,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self._engine = engine
+        self._ledger = ledger
+        self.purge_every_s = purge_every_s
+        self.idle_exit_s = idle_exit_s
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._last_purge = 0.0
+        self.batches = 0
+        """Cycles committed so far (for tests and the benchmark: calls / batches = batch size)."""
+
+    @classmethod
+    def for_sessions(cls, session_factory: sessionmaker[Session], ledger: Ledger | None) -> GroupCommitWriter:
+        bind = session_factory.kw.get("bind")
+        if not isinstance(bind, Engine):
+            raise TypeError(f"session_factory must be bound to an Engine, found {type(bind).__name__}")
+        return cls(bind, ledger)
+
+    async def claim_jti(self, key: str, expires_at: datetime) -> bool:
+        """Record a token id until ``expires_at``; False when it is held, unexpired, by an earlier token."""
+        return await self._submit(_Work(claim=(key, expires_at)))
+
+    async def record(self, *, cards: Sequence[CardRow] = (), audit: EntryDraft | None = None) -> None:
+        """Store the call's cards and append its audit entry; returns once both have committed."""
+        if self._ledger is None and audit is not None:
+            raise ValueError("this writer has no ledger to append audit entries to")
+        await self._submit(_Work(cards=tuple(cards), audit=audit))
+
+    async def _submit(self, work: _Work) -> bool:
+        self._queue.put(work)
+        self._ensure_running()
+        # Shielded: a caller that goes away (client disconnect) must not unqueue a write half-way.
+        return await asyncio.shield(asyncio.wrap_future(work.done))
+
+    def _ensure_running(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="cds-group-commit", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=self.idle_exit_s)
+            except queue.Empty:
+                with self._lock:  # a submitter puts, then checks under this lock: nothing is stranded
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Work]) -> None:
+        claims = [w for w in batch if w.claim is not None]
+        records = [w for w in batch if w.claim is None]
+        winners: dict[str, _Work] = {}
+        for work in claims:
+            assert work.claim is not None
+            winners.setdefault(work.claim[0], work)
+        try:
+            accepted = self._write_rows(winners, records)
+        except Exception as exc:
+            if len(batch) > 1:
+                log.warning(
+                    "group commit of %d calls failed (%s); retrying one by one",
+                    len(batch),
+                    type(exc).__name__,
+                )
+                for work in batch:
+                    self._commit([work])
+                return
+            _fail(batch, exc)
+            return
+        self.batches += 1
+        for work in claims:
+            assert work.claim is not None
+            key = work.claim[0]
+            _resolve(work, winners[key] is work and key in accepted)
+        drafts = [w.audit for w in records if w.audit is not None]
+        if drafts:
+            assert self._ledger is not None
+            try:
+                self._ledger.append_many(drafts)
+            except Exception as exc:
+                log.error("audit append of %d hook entries failed: %s", len(drafts), type(exc).__name__)
+                _fail(records, exc)
+                return
+        for work in records:
+            _resolve(work, True)
+
+    def _write_rows(self, winners: dict[str, _Work], records: list[_Work]) -> set[str]:
+        rows = [
+            {
+                "uuid": c.uuid,
+                "service_id": c.service_id,
+                "hook_instance": c.hook_instance,
+                "patient_id": c.patient_id,
+                "report_id": c.report_id,
+                "payload": c.payload,
+            }
+            for work in records
+            for c in work.cards
+        ]
+        if not winners and not rows:
+            return set()
+        with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")  # cds.commit_policy
+            now = datetime.now(UTC)
+            self._purge_if_due(conn, now)
+            accepted = _upsert_claims(conn, winners, now) if winners else set()
+            if rows:
+                conn.execute(insert(Card), rows)
+        return accepted
+
+    def _purge_if_due(self, conn: Connection, now: datetime) -> None:
+        tick = time.monotonic()
+        if tick - self._last_purge < self.purge_every_s:
+            return
+        self._last_purge = tick
+        conn.execute(delete(SeenJwtId).where(SeenJwtId.expires_at < now))
+
+
+def _upsert_claims(conn: Connection, winners: dict[str, _Work], now: datetime) -> set[str]:
+    """Insert new keys, revive expired ones; the keys returned are the ones this batch now holds."""
+    values = []
+    for key, work in winners.items():
+        assert work.claim is not None
+        values.append({"key": key, "expires_at": work.claim[1]})
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        pg = postgresql.insert(SeenJwtId).values(values)
+        statement: Any = pg.on_conflict_do_update(
+            index_elements=[SeenJwtId.key],
+            set_={"expires_at": pg.excluded.expires_at},
+            where=SeenJwtId.expires_at < now,
+        )
+    elif dialect == "sqlite":
+        lite = sqlite.insert(SeenJwtId).values(values)
+        statement = lite.on_conflict_do_update(
+            index_elements=[SeenJwtId.key],
+            set_={"expires_at": lite.excluded.expires_at},
+            where=SeenJwtId.expires_at < now,
+        )
+    else:
+        raise NotImplementedError(f"the jti replay cache supports PostgreSQL and SQLite, not {dialect}")
+    return set(conn.scalars(statement.returning(SeenJwtId.key)))
+
+
+def _resolve(work: _Work, value: bool) -> None:
+    if work.done.set_running_or_notify_cancel():
+        work.done.set_result(value)
+
+
+def _fail(batch: Sequence[_Work], exc: BaseException) -> None:
+    for work in batch:
+        if work.done.set_running_or_notify_cancel():
+            work.done.set_exception(exc)
