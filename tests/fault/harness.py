@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from pydicom import dcmread
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
@@ -191,3 +192,22 @@ def storescu(
 
 def study_uid_of(path: Path) -> str:
     return str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+@pytest.fixture
+def deployment(
+    tmp_path: Path, postgres_url: str, rabbitmq_url: str, tiny_model_dir: Path
+) -> Iterator[Deployment]:
+    """PG + RabbitMQ + the tiny model, migrated; every process it started is stopped afterwards."""
+    deployment = Deployment.create(
+        tmp_path / "home",
+        database_url=postgres_url,
+        broker_url=rabbitmq_url,
+        model_path=str(tiny_model_dir),
+    )
+    upgraded = deployment.run_cli("db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    try:
+        yield deployment
+    finally:
+        deployment.stop_all()

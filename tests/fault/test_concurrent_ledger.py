@@ -8,7 +8,6 @@ exactly the entries each process made (no lost or doubled appends, no study sett
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
