@@ -5,10 +5,10 @@ The composition root mounts the router behind its own authentication: entries ca
 """
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, params
 from fastapi.responses import JSONResponse
 
 from audit.ledger import BadRange, Ledger, UnknownEntry
@@ -26,7 +26,11 @@ def operation_outcome(status: int, code: str, diagnostics: str) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=FHIR_JSON)
 
 
-def build_audit_router(get_ledger: Callable[[], Ledger]) -> APIRouter:
+def build_audit_router(
+    get_ledger: Callable[[], Ledger], *, entry_dependencies: Sequence[params.Depends] = ()
+) -> APIRouter:
+    """``entry_dependencies`` guard the routes that return entries (they carry patient references);
+    checkpoints, consistency proofs and public keys stay public so anyone can check the log."""
     router = APIRouter(prefix="/audit", tags=["audit"])
     LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 
@@ -38,7 +42,7 @@ def build_audit_router(get_ledger: Callable[[], Ledger]) -> APIRouter:
             return operation_outcome(404, "not-found", "no checkpoint has been signed yet")
         return _checkpoint_json(checkpoint)
 
-    @router.get("/entries/{index}")
+    @router.get("/entries/{index}", dependencies=list(entry_dependencies))
     def entry(index: int, ledger: LedgerDep) -> Any:
         """One entry and its inclusion proof against the latest checkpoint (null if not yet covered)."""
         if index < 0:

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit import Ledger
 from audit.api import build_audit_router
+from cds.bearer_tokens import require_bearer_token
 from cds.client_auth.jti_replay import JtiReplayCache
 from cds.client_auth.jwks_cache import JwksCache
 from cds.client_auth.trusted_issuers import TrustedIssuers
@@ -132,7 +133,8 @@ def create_app(
     _install_error_handlers(app)
     for router in (discovery.router, services.router, feedback.router, health.router):
         app.include_router(router)
-    app.include_router(build_audit_router(lambda: ledger))
+    auditor = Depends(require_bearer_token(settings.audit_api_tokens, "read audit entries"))
+    app.include_router(build_audit_router(lambda: ledger, entry_dependencies=[auditor]))
     if settings.stow_tokens:
         _mount_stow(app, settings, session_factory, ledger)
     if settings.viewer_client_id:
@@ -179,9 +181,6 @@ def _mount_stow(
     app: FastAPI, settings: Settings, session_factory: sessionmaker[Session], ledger: Ledger
 ) -> None:
     """STOW-RS lands in the same spool and index as the SCP; off unless a PACS has a token."""
-    from fastapi import Depends
-
-    from cds.stow_auth import require_stow_token
     from integrations.dicom.spool import Spool
     from integrations.dicomweb.stow import make_stow_router
 
@@ -192,6 +191,6 @@ def _mount_stow(
             spool=spool,
             session_factory=session_factory,
             ledger=ledger,
-            dependencies=[Depends(require_stow_token(settings.stow_tokens))],
+            dependencies=[Depends(require_bearer_token(settings.stow_tokens, "store studies"))],
         )
     )

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     sr_destination_port: int | None = None
     # STOW-RS is off unless a PACS is given a bearer token here (secrets via env / secret files only).
     stow_tokens: list[str] = Field(default_factory=list, repr=False)
+    # Machine access to /audit/entries (patient references); reviewers use /review instead.
+    audit_api_tokens: list[str] = Field(default_factory=list, repr=False)
     cds_issuers_file: Path | None = None
     # Only for a local evaluation box: answer hooks without a CDS client JWT. Never in production.
     cds_require_jwt: bool = True
