@@ -13,14 +13,15 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from model.constrained import grammar_available
 from model.context import PatientContext
 from model.imaging import ModelImage
-from model.report import DraftReport, Laterality, Severity, Statement
+from model.report import DraftReport, EvidenceItem, ImageRef, Laterality, Severity, Statement
 from model.runtime import LoadedVlm, ModelIdentity
 from model.trace import TraceStep
+from model.verification import EvidenceFacts
 
 if TYPE_CHECKING:
     from model.batching import BatchScheduler
@@ -35,12 +36,20 @@ INSTRUCTIONS = (
 
 
 class DraftResult(BaseModel):
-    """The report, the trace steps that produced it, the model identity and the prompt digest."""
+    """The report, the trace steps that produced it, the model identity and the prompt digest.
+
+    ``tool_evidence``, ``tool_facts`` and ``tool_image_refs`` are what the agent's tools read beyond the
+    patient context (empty for a single-shot draft): the report may cite them, so the verifier must be
+    given them together with the context's evidence and the study images.
+    """
 
     report: DraftReport
     steps: list[TraceStep]
     identity: ModelIdentity
     prompt_sha256: str
+    tool_evidence: list[EvidenceItem] = Field(default_factory=list)
+    tool_facts: dict[str, EvidenceFacts] = Field(default_factory=dict)
+    tool_image_refs: list[ImageRef] = Field(default_factory=list)
 
 
 def citable_ids(images: Sequence[ModelImage], context: PatientContext) -> list[str]:
@@ -85,7 +94,8 @@ def report_schema(ids: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _parse_statements(raw: Any) -> list[Statement]:
+def parse_statements(raw: Any) -> list[Statement]:
+    """The well-formed statements of a JSON list; anything else in it is skipped."""
     if not isinstance(raw, list):
         return []
     statements = []
@@ -97,9 +107,8 @@ def _parse_statements(raw: Any) -> list[Statement]:
     return statements
 
 
-def _keep_known_citations(
-    statements: list[Statement], allowed: set[str]
-) -> tuple[list[Statement], list[str]]:
+def keep_known_citations(statements: list[Statement], allowed: set[str]) -> tuple[list[Statement], list[str]]:
+    """Statements with only citations in ``allowed`` (first occurrence kept), and the citations dropped."""
     kept, dropped = [], []
     for st in statements:
         good = list(dict.fromkeys(c for c in st.citations if c in allowed))
@@ -164,8 +173,8 @@ def draft_report(
     if not isinstance(parsed, dict):
         parsed = {}
     allowed = set(ids)
-    findings, dropped_f = _keep_known_citations(_parse_statements(parsed.get("findings")), allowed)
-    impression, dropped_i = _keep_known_citations(_parse_statements(parsed.get("impression")), allowed)
+    findings, dropped_f = keep_known_citations(parse_statements(parsed.get("findings")), allowed)
+    impression, dropped_i = keep_known_citations(parse_statements(parsed.get("impression")), allowed)
     emit("citations", allowed=ids, dropped=dropped_f + dropped_i)
     report = DraftReport(findings=findings, impression=impression, untrained_model=identity.untrained)
     emit("report", report=report.model_dump(mode="json"))

@@ -123,7 +123,7 @@ class ToolRegistry:
         for item in result.evidence:
             self._evidence[item.id] = item
         self._facts.update(result.facts)
-        for ref in result.image_refs:
+        for ref in [*result.image_refs, *(image.ref for image in result.images)]:
             self._images[ref.citation_id] = ref
 
     def evidence(self) -> list[EvidenceItem]:

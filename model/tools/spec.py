@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from model.report import EvidenceItem, ImageRef
@@ -34,13 +35,32 @@ class PatientScope:
     patient_id: str
 
 
+class ToolImage(BaseModel):
+    """An image a tool hands the model to look at in its next step (a windowed crop, say).
+
+    ``ref`` is the DICOM frame it was cut from, so a statement about what the model saw cites that frame;
+    ``description`` says what the image is (window, region) without patient data.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    image: Image.Image
+    ref: ImageRef
+    description: str = Field(max_length=200)
+
+
 class ToolResult(BaseModel):
-    """What a tool returns: JSON for the model, and the evidence (with facts) or images it read."""
+    """What a tool returns: JSON for the model, and the evidence (with facts) or images it read.
+
+    ``images`` are shown to the model in the next step; they are pixel data, so they are left out of
+    any dump of the result (traces hold their ``ref``s, which are also in ``image_refs``).
+    """
 
     content: dict[str, Any]
     evidence: list[EvidenceItem] = Field(default_factory=list)
     facts: dict[str, EvidenceFacts] = Field(default_factory=dict)
     image_refs: list[ImageRef] = Field(default_factory=list)
+    images: list[ToolImage] = Field(default_factory=list, exclude=True)
 
 
 class ToolFailure(Exception):
