@@ -82,7 +82,7 @@ def test_writeback_deferred_while_fhir_down_then_written(
         assert kinds.count("fhir.write") == 1
         assert "task.dead_lettered" not in kinds
         deferred = [e for e in deployment.ledger().iter_entries() if e.kind == "fhir.write.deferred"]
-        assert [e.payload["attempt"] for e in deferred][:2] == [1, 2]
+        assert [(e.payload or {}).get("attempt") for e in deferred][:2] == [1, 2]
         assert deployment.ledger().verify().ok
     finally:
         deployment.stop_all()
