@@ -34,7 +34,7 @@ from model.trace import TraceStep
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STEP_TOKENS = 160
+DEFAULT_STEP_TOKENS = 256  # a call naming a 64-digit UID and a region fits with room to spare
 
 
 class StepGenerator(Protocol):
