@@ -3,6 +3,14 @@
 Sorted keys, no insignificant whitespace, UTF-8, no NaN or infinities, integers within the I-JSON safe
 range (RFC 7493 §2.2) and floats written in Python's shortest round-trip form. The verifier never
 re-serialises: it hashes the text the database returns, so the form only has to be stable and valid.
+
+Speed (an append canonicalises every payload): the text always comes from the standard library's C
+encoder, and the domain checks that encoder does not make (integers beyond ±(2**53 - 1), non-string
+keys, lone surrogates) are left to one ``orjson`` pass in strict-integer mode, which rejects exactly
+those. orjson's own output is not used: it writes some floats differently (``1.5e-05`` as
+``0.000015``) and NaN as ``null``. Anything either refuses goes through the walking checker, which
+names where the bad value sits. ``tests/unit/test_audit_canonical.py`` holds the fast path to the
+checker's output with hypothesis.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ import math
 from collections.abc import Mapping
 from json.encoder import encode_basestring
 from typing import Any
+
+import orjson
 
 MAX_SAFE_INTEGER = 2**53 - 1
 
@@ -24,9 +34,26 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",",
 _encode_string = encode_basestring  # the C implementation when available: '"' + escaped + '"'
 
 
+_encode = _ENCODER.encode
+_STRICT = orjson.OPT_STRICT_INTEGER
+_orjson_dumps = orjson.dumps
+
+
 def canonical_json(value: Any) -> str:
     """Return the canonical JSON text of ``value`` (a JSON-like tree of dict/list/str/int/float/bool/None)."""
-    return _ENCODER.encode(_checked(value, "$"))
+    try:
+        _orjson_dumps(value, option=_STRICT)  # raises on big ints, non-str keys, lone surrogates
+        return _encode(value)  # raises on NaN, infinities and types outside JSON
+    except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
+        return canonical_json_checked(value)
+
+
+def canonical_json_checked(value: Any) -> str:
+    """``canonical_json`` by walking the value first: slower, but its errors say where the problem is.
+
+    Also the reference the fast path is tested against, and the path for non-dict ``Mapping`` values.
+    """
+    return _encode(_checked(value, "$"))
 
 
 def json_string(value: str | None) -> str:
