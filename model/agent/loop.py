@@ -210,7 +210,7 @@ def run_agent(
         crops += _crops_of(outcome)
         reply = outcome.for_model()
         history.append(Exchange(answer=_answer_text(action), reply=reply))
-        emit("tool_call", step=index, **_outcome_detail(outcome, clip(reply)))
+        emit("tool_call", step=index, **_outcome_detail(outcome, reply))  # whole, unlike the prompt
         if not outcome.ok:
             log.info("agent step %d: tool %s refused (%s)", index, action.tool, outcome.error_kind)
     emit("agent_stop", reason=stop_reason, steps=len(prompt_digests), tool_calls=calls, tokens=tokens)
