@@ -26,35 +26,20 @@ import concurrent.futures
 import logging
 import queue
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit import EntryDraft, Ledger
-from integrations.store.models import Card, SeenJwtId
+from cds.hook_rows import CardRow, HookRowWriter, hook_row_writer
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
 """Calls per cycle at most; more wait for the next cycle (keeps one statement's size bounded)."""
-
-
-@dataclass(frozen=True)
-class CardRow:
-    """One card as stored in ``cards`` (the wire form in ``payload``)."""
-
-    uuid: str
-    service_id: str
-    hook_instance: str
-    patient_id: str | None
-    report_id: str | None
-    payload: dict[str, Any]
 
 
 @dataclass
@@ -91,7 +76,7 @@ class GroupCommitWriter:
         self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._last_purge = 0.0
+        self._rows: HookRowWriter | None = None
         self.batches = 0
         """Cycles committed so far (for tests and the benchmark: calls / batches = batch size)."""
 
@@ -181,62 +166,16 @@ class GroupCommitWriter:
             _resolve(work, True)
 
     def _write_rows(self, winners: dict[str, _Work], records: list[_Work]) -> set[str]:
-        rows = [
-            {
-                "uuid": c.uuid,
-                "service_id": c.service_id,
-                "hook_instance": c.hook_instance,
-                "patient_id": c.patient_id,
-                "report_id": c.report_id,
-                "payload": c.payload,
-            }
-            for work in records
-            for c in work.cards
-        ]
-        if not winners and not rows:
+        claims: dict[str, datetime] = {}
+        for key, work in winners.items():
+            assert work.claim is not None
+            claims[key] = work.claim[1]
+        cards = [card for work in records for card in work.cards]
+        if not claims and not cards:
             return set()
-        with self._engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")  # cds.commit_policy
-            now = datetime.now(UTC)
-            self._purge_if_due(conn, now)
-            accepted = _upsert_claims(conn, winners, now) if winners else set()
-            if rows:
-                conn.execute(insert(Card), rows)
-        return accepted
-
-    def _purge_if_due(self, conn: Connection, now: datetime) -> None:
-        tick = time.monotonic()
-        if tick - self._last_purge < self.purge_every_s:
-            return
-        self._last_purge = tick
-        conn.execute(delete(SeenJwtId).where(SeenJwtId.expires_at < now))
-
-
-def _upsert_claims(conn: Connection, winners: dict[str, _Work], now: datetime) -> set[str]:
-    """Insert new keys, revive expired ones; the keys returned are the ones this batch now holds."""
-    values = []
-    for key, work in winners.items():
-        assert work.claim is not None
-        values.append({"key": key, "expires_at": work.claim[1]})
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        pg = postgresql.insert(SeenJwtId).values(values)
-        statement: Any = pg.on_conflict_do_update(
-            index_elements=[SeenJwtId.key],
-            set_={"expires_at": pg.excluded.expires_at},
-            where=SeenJwtId.expires_at < now,
-        )
-    elif dialect == "sqlite":
-        lite = sqlite.insert(SeenJwtId).values(values)
-        statement = lite.on_conflict_do_update(
-            index_elements=[SeenJwtId.key],
-            set_={"expires_at": lite.excluded.expires_at},
-            where=SeenJwtId.expires_at < now,
-        )
-    else:
-        raise NotImplementedError(f"the jti replay cache supports PostgreSQL and SQLite, not {dialect}")
-    return set(conn.scalars(statement.returning(SeenJwtId.key)))
+        if self._rows is None:
+            self._rows = hook_row_writer(self._engine, purge_every_s=self.purge_every_s)
+        return self._rows.write(claims, cards, datetime.now(UTC))
 
 
 def _resolve(work: _Work, value: bool) -> None:

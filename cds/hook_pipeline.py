@@ -19,10 +19,10 @@ from pydantic import BaseModel, ValidationError
 from audit import EntryDraft
 from cds.cards import CdsResponse
 from cds.client_auth.authenticate import authenticate
-from cds.group_commit import CardRow
 from cds.hook_audit import actor_for, patient_ref_for
 from cds.hook_call import HookCall, HookOutcome
 from cds.hook_request import HookRequest
+from cds.hook_rows import CardRow
 from cds.operation_outcome import CdsError
 from cds.runtime import CdsRuntime
 from cds.service_catalog import RegisteredService

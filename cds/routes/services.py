@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from cds.cards import CdsResponse
 from cds.hook_pipeline import call_service
@@ -41,9 +42,10 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 async def call(
     service_id: str, request: Request, authorization: Annotated[str | None, Header()] = None
-) -> JSONResponse:
-    # Already the spec's wire form (no nulls); returned as is rather than re-validated.
+) -> Response:
+    # Already the spec's wire form (no nulls); returned as is rather than re-validated, and encoded
+    # by orjson (UTF-8, compact, as JSONResponse would write it, at a tenth of the cost).
     body = await call_service(
         request.app.state.cds, service_id, request.url.path, authorization, await request.body()
     )
-    return JSONResponse(body)
+    return Response(orjson.dumps(body), media_type="application/json")
