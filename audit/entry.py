@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
 
-from audit.canonical import canonical_json, json_string
+from audit.canonical import json_string
 
 ENTRY_FORMAT_VERSION = 1
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
@@ -49,33 +48,6 @@ class EntryDraft(pydantic.BaseModel):
         if value is not None and not DICOM_UID_PATTERN.match(value):
             raise ValueError("study_uid is not a DICOM UID (digits separated by dots, PS3.5 §9.1)")
         return value
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedEntry:
-    """A validated draft turned into canonical text, ready for an index (internal, not an edge)."""
-
-    kind: str
-    actor: str
-    patient_ref: str | None
-    study_uid: str | None
-    payload_json: str
-    payload_bytes: int
-    payload_digest: str
-
-    @classmethod
-    def from_draft(cls, draft: EntryDraft) -> PreparedEntry:
-        text = canonical_json(draft.payload)
-        raw = text.encode("utf-8")
-        return cls(
-            kind=draft.kind,
-            actor=draft.actor,
-            patient_ref=draft.patient_ref,
-            study_uid=draft.study_uid,
-            payload_json=text,
-            payload_bytes=len(raw),
-            payload_digest="sha256:" + hashlib.sha256(raw).hexdigest(),
-        )
 
 
 class AppendedEntry(pydantic.BaseModel):
@@ -137,24 +109,35 @@ def encode_entry(
 
     ``payload_json`` is None for a payload stored out of line; the digest still binds it.
     """
-    return (
-        '{"actor":'
-        + json_string(actor)
-        + ',"index":'
-        + str(index)
-        + ',"kind":'
-        + json_string(kind)
-        + ',"patient_ref":'
-        + json_string(patient_ref)
-        + ',"payload":'
-        + (payload_json if payload_json is not None else "null")
-        + ',"payload_digest":'
-        + json_string(payload_digest)
-        + ',"recorded_at":'
-        + json_string(recorded_at)
-        + ',"study_uid":'
-        + json_string(study_uid)
-        + ',"v":'
-        + str(ENTRY_FORMAT_VERSION)
-        + "}"
+    return entry_text(
+        json_string(actor),
+        index,
+        json_string(kind),
+        json_string(patient_ref),
+        "null" if payload_json is None else payload_json,
+        json_string(payload_digest),
+        json_string(recorded_at),
+        json_string(study_uid),
     ).encode("utf-8")
+
+
+def entry_text(
+    actor: str,
+    index: int,
+    kind: str,
+    patient_ref: str,
+    payload: str,
+    payload_digest: str,
+    recorded_at: str,
+    study_uid: str,
+) -> str:
+    """The entry envelope from fields that are already JSON text (strings quoted, None as ``null``).
+
+    The one definition of the hashed form: ``encode_entry`` and the batch encoder both call it, so the
+    verifier and the appender cannot drift apart. Positional, because it runs once per appended entry.
+    """
+    return (
+        f'{{"actor":{actor},"index":{index},"kind":{kind},"patient_ref":{patient_ref},'
+        f'"payload":{payload},"payload_digest":{payload_digest},"recorded_at":{recorded_at},'
+        f'"study_uid":{study_uid},"v":{ENTRY_FORMAT_VERSION}}}'
+    )

@@ -13,22 +13,17 @@ import sqlalchemy as sa
 
 from audit.anchor import anchored_notes, post_http_anchor, write_directory_anchor
 from audit.checkpoint_note import Checkpoint, CheckpointError, open_checkpoint, sign_checkpoint
+from audit.compact_range import extend_frontier
 from audit.config import LedgerConfig
-from audit.entry import (
-    AppendedEntry,
-    EntryDraft,
-    LedgerEntry,
-    PreparedEntry,
-    encode_entry,
-    now_timestamp,
-)
-from audit.hashing import EMPTY_ROOT, fold_subtree_roots, hash_children, hash_leaf
+from audit.entry import AppendedEntry, EntryDraft, LedgerEntry, now_timestamp
+from audit.entry_batch import AppendedBatch, encode_batch, prepare_batch
+from audit.hashing import EMPTY_ROOT, fold_subtree_roots
 from audit.node_store import SqlRunner, reading
 from audit.proof_types import ConsistencyProof, InclusionProof
 from audit.sequencer import LockedTransaction, sequenced
 from audit.signing import NoSigningKey, NoteSigner, NoteVerifier, load_signer, load_verifiers
 from audit.tables import checkpoints, entries, payloads
-from audit.tree_layout import consistency_ranges, frontier, inclusion_ranges
+from audit.tree_layout import STORED_MIN_LEVEL, consistency_ranges, frontier, inclusion_ranges
 from audit.verification import VerificationReport, verify_ledger
 
 logger = logging.getLogger(__name__)
@@ -46,8 +41,9 @@ class Ledger:
     """An RFC 9162 Merkle log of audit entries in the application database.
 
     Thread-safe and multi-process-safe: every write runs under the sequencer lock (see ``sequencer``).
-    The perfect-subtree nodes are stored as entries are appended, so roots and proofs cost O(log n)
-    reads and appends O(1) amortised writes.
+    The perfect-subtree nodes from level ``STORED_MIN_LEVEL`` up are stored as entries are appended, so
+    roots and proofs cost O(log n) reads (plus at most a few dozen leaf hashes) and appends O(1)
+    amortised writes.
     """
 
     def __init__(self, engine: sa.Engine, config: LedgerConfig) -> None:
@@ -76,70 +72,32 @@ class Ledger:
         )
         return self.append_many([draft])[0]
 
-    def append_many(self, drafts: Sequence[EntryDraft | Mapping[str, Any]]) -> list[AppendedEntry]:
-        """Append a batch atomically, at contiguous indexes, in one transaction."""
-        prepared = [
-            PreparedEntry.from_draft(d if isinstance(d, EntryDraft) else EntryDraft.model_validate(d))
-            for d in drafts
-        ]
-        if not prepared:
+    def append_many(self, drafts: Sequence[EntryDraft | Mapping[str, Any]]) -> Sequence[AppendedEntry]:
+        """Append a batch atomically, at contiguous indexes, in one transaction.
+
+        Drafts given as mappings are validated here; ``EntryDraft`` objects were validated when built.
+        """
+        validated = [d if isinstance(d, EntryDraft) else EntryDraft.model_validate(d) for d in drafts]
+        if not validated:
             return []
-        limit = self.config.inline_payload_limit
+        prepared = prepare_batch(validated)
         with self._write_lock:
             with sequenced(self.engine, durable=self.config.sync_every_append) as tx:
                 size = tx.size
-                stack = self._compact_range(tx, size)
+                frontier = self._compact_range(tx, size)
                 recorded_at = now_timestamp()
-                entry_rows: list[tuple[Any, ...]] = []
-                node_rows: list[tuple[int, int, bytes]] = []
-                blobs: dict[str, str] = {}
-                leaves: list[bytes] = []
-                for offset, item in enumerate(prepared):
-                    index = size + offset
-                    inline = item.payload_bytes <= limit
-                    payload = item.payload_json if inline else None
-                    leaf = hash_leaf(
-                        encode_entry(
-                            index=index,
-                            kind=item.kind,
-                            actor=item.actor,
-                            patient_ref=item.patient_ref,
-                            study_uid=item.study_uid,
-                            recorded_at=recorded_at,
-                            payload_digest=item.payload_digest,
-                            payload_json=payload,
-                        )
-                    )
-                    if not inline:
-                        blobs[item.payload_digest] = item.payload_json
-                    entry_rows.append(
-                        (
-                            index,
-                            recorded_at,
-                            item.kind,
-                            item.actor,
-                            item.patient_ref,
-                            item.study_uid,
-                            item.payload_digest,
-                            payload,
-                            leaf,
-                        )
-                    )
-                    _push_leaf(stack, index, leaf, node_rows)
-                    leaves.append(leaf)
-                if blobs:
+                encoded = encode_batch(prepared, size, recorded_at, self.config.inline_payload_limit)
+                frontier, node_rows = extend_frontier(frontier, size, encoded.leaves, STORED_MIN_LEVEL)
+                if encoded.blobs:
                     tx.executemany(
                         "INSERT INTO audit_payloads (digest, body) VALUES (?, ?) "
                         "ON CONFLICT (digest) DO NOTHING",
-                        list(blobs.items()),
+                        list(encoded.blobs.items()),
                     )
-                tx.insert_leaves(entry_rows, node_rows)
-            self._compact = (size + len(prepared), stack)
-        self._checkpoint_if_due(size + len(prepared))
-        return [
-            AppendedEntry.model_construct(index=size + offset, leaf_hash=leaf.hex(), recorded_at=recorded_at)
-            for offset, leaf in enumerate(leaves)
-        ]
+                tx.insert_leaves(encoded.entry_rows, node_rows)
+            self._compact = (size + len(validated), frontier)
+        self._checkpoint_if_due(size + len(validated))
+        return AppendedBatch(size, recorded_at, encoded.leaves)
 
     def _compact_range(self, tx: LockedTransaction, size: int) -> list[tuple[int, bytes]]:
         """Roots of the perfect subtrees of the first ``size`` leaves, from cache or the nodes table."""
@@ -341,20 +299,6 @@ class Ledger:
         their signature verifies. The report names the first index that does not hold up.
         """
         return verify_ledger(self.engine, self.config, self.verifiers())
-
-
-def _push_leaf(
-    stack: list[tuple[int, bytes]], index: int, leaf: bytes, node_rows: list[tuple[int, int, bytes]]
-) -> None:
-    """Add leaf ``index`` to the compact range, recording every perfect subtree it completes."""
-    level, value, position = 0, leaf, index
-    while position & 1:
-        _left_level, left = stack.pop()
-        value = hash_children(left, value)
-        level += 1
-        position >>= 1
-        node_rows.append((level, position, value))
-    stack.append((level, value))
 
 
 def _root(db: SqlRunner, size: int) -> bytes:

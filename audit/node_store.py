@@ -12,10 +12,13 @@ from typing import Any
 
 import sqlalchemy
 
-from audit.hashing import fold_subtree_roots
-from audit.tree_layout import NodeId, subtree_nodes
+from audit.hashing import fold_subtree_roots, hash_children
+from audit.tree_layout import STORED_MIN_LEVEL, NodeId, subtree_nodes
 
 SIZE_QUERY = "SELECT max(leaf_index) FROM audit_entries"
+LEAF_RANGE_QUERY = (
+    "SELECT 0, leaf_index, leaf_hash FROM audit_entries WHERE leaf_index >= ? AND leaf_index < ?"
+)
 
 
 class LedgerIntegrityError(RuntimeError):
@@ -46,35 +49,56 @@ class SqlRunner:
         return 0 if last is None else int(last) + 1
 
     def fetch_nodes(self, wanted: Iterable[NodeId]) -> dict[NodeId, bytes]:
-        """Hashes of the given nodes (level 0: the entries' leaf hashes). Raises if any is missing."""
-        by_level: dict[int, list[int]] = {}
-        for level, index in set(wanted):
-            by_level.setdefault(level, []).append(index)
-        if not by_level:
+        """Hashes of the given nodes (level 0: leaf hashes), in one query. Raises if any is missing.
+
+        Nodes below ``STORED_MIN_LEVEL`` are not stored: they are recomputed from their leaf hashes,
+        read as primary-key ranges in the same query.
+        """
+        nodes = set(wanted)
+        if not nodes:
             return {}
+        stored: dict[int, list[int]] = {}
+        leaf_ranges: set[tuple[int, int]] = set()
+        for level, index in nodes:
+            if level >= STORED_MIN_LEVEL:
+                stored.setdefault(level, []).append(index)
+            else:
+                leaf_ranges.add((index << level, (index + 1) << level))
         parts: list[str] = []
         params: list[int] = []
-        leaves = by_level.pop(0, None)
-        if leaves:
-            marks = ",".join("?" * len(leaves))
-            parts.append(f"SELECT 0, leaf_index, leaf_hash FROM audit_entries WHERE leaf_index IN ({marks})")
-            params.extend(leaves)
-        if by_level:
+        for lo, hi in _merged(leaf_ranges):
+            if hi - lo == 1:
+                parts.append("SELECT 0, leaf_index, leaf_hash FROM audit_entries WHERE leaf_index = ?")
+                params.append(lo)
+            else:
+                parts.append(LEAF_RANGE_QUERY)
+                params.extend((lo, hi))
+        if stored:
             # Per-level IN lists: both engines turn these into primary-key lookups (a row-value IN
             # list makes SQLite scan the table).
             conditions = []
-            for level, indexes in sorted(by_level.items()):
+            for level, indexes in sorted(stored.items()):
                 conditions.append(f"(level = ? AND node_index IN ({','.join('?' * len(indexes))}))")
                 params.append(level)
                 params.extend(indexes)
             parts.append("SELECT level, node_index, hash FROM audit_nodes WHERE " + " OR ".join(conditions))
         rows = self.execute(" UNION ALL ".join(parts), params)
-        found = {(int(level), int(index)): bytes(value) for level, index, value in rows}
-        expected = sum(len(v) for v in by_level.values()) + len(leaves or ())
-        if len(found) != expected:
-            raise LedgerIntegrityError(
-                f"{expected - len(found)} tree node(s) missing: the ledger tables were altered"
-            )
+        leaves: dict[int, bytes] = {}
+        found: dict[NodeId, bytes] = {}
+        for level, index, value in rows:
+            if level == 0:
+                leaves[int(index)] = bytes(value)
+            else:
+                found[(int(level), int(index))] = bytes(value)
+        missing = sum(len(v) for v in stored.values()) - len(found)
+        missing += sum(hi - lo for lo, hi in _merged(leaf_ranges)) - len(leaves)
+        if missing:
+            raise LedgerIntegrityError(f"{missing} tree node(s) missing: the ledger tables were altered")
+        for level, index in nodes:
+            if level < STORED_MIN_LEVEL:
+                found[(level, index)] = perfect_subtree_hash(
+                    [leaves[i] for i in range(index << level, (index + 1) << level)]
+                )
         return found
 
     def range_hashes(self, ranges: list[tuple[int, int]]) -> list[bytes]:
@@ -82,6 +106,25 @@ class SqlRunner:
         layouts = [subtree_nodes(lo, hi) for lo, hi in ranges]
         found = self.fetch_nodes(node for layout in layouts for node in layout)
         return [fold_subtree_roots([found[node] for node in layout]) for layout in layouts]
+
+
+def _merged(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Half-open ranges with overlapping or touching ones joined, in order."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def perfect_subtree_hash(leaves: list[bytes]) -> bytes:
+    """Root of a perfect subtree from its 2**k leaf hashes, pairing level by level."""
+    row = leaves
+    while len(row) > 1:
+        row = [hash_children(row[i], row[i + 1]) for i in range(0, len(row), 2)]
+    return row[0]
 
 
 @contextmanager

@@ -9,7 +9,13 @@ handful of stored nodes folded together: O(log n) reads, not the whole log.
 from __future__ import annotations
 
 NodeId = tuple[int, int]
-"""(level, index) of a stored perfect subtree root."""
+"""(level, index) of a perfect subtree root (level 0: a leaf)."""
+
+STORED_MIN_LEVEL = 4
+"""Lowest level written to ``audit_nodes``. Below it a node is recomputed from at most 2**(level)
+leaf hashes, so the table holds ~n/8 rows instead of ~n (appends write less) and a proof reads at most
+a few dozen extra leaf hashes. It may be raised later (lower stored levels are then ignored), never
+lowered: proofs would look for nodes that were never written."""
 
 
 def largest_power_of_two_below(n: int) -> int:

@@ -17,8 +17,10 @@ from audit.anchor import anchored_notes
 from audit.checkpoint_note import open_checkpoint
 from audit.entry import encode_entry
 from audit.hashing import hash_children, hash_leaf
+from audit.node_store import LedgerIntegrityError
 from audit.reference_tree import mth
 from audit.signing import generate_key
+from audit.tree_layout import STORED_MIN_LEVEL
 from tests.conftest import fresh_postgres_database
 
 DATABASES = [
@@ -167,7 +169,7 @@ def test_large_payloads_are_stored_once_by_digest(engine: sa.Engine, tmp_path: P
 
 
 def test_tables_refuse_update_and_delete(ledger: Ledger, engine: sa.Engine) -> None:
-    _fill(ledger, 3)
+    _fill(ledger, 1 << STORED_MIN_LEVEL)  # the first stored node: row triggers fire only on rows
     ledger.checkpoint()
     statements = [
         "UPDATE audit_entries SET actor = 'mallory' WHERE leaf_index = 1",
@@ -308,3 +310,57 @@ def test_rewritten_history_fails_verify_and_the_consistency_proof(ledger: Ledger
     # The checkpoint at the first entry still matches, the one at 10 does not: entries 1..9 are suspect.
     assert not report.ok and report.first_bad_index == 1
     assert "checkpoint of size 10" in (report.problem or "")
+
+
+def test_only_nodes_from_the_stored_level_up_are_written(ledger: Ledger, engine: sa.Engine) -> None:
+    ledger.append_many([{"kind": "fhir.read", "actor": "a", "payload": {"i": i}} for i in range(100)])
+    with engine.connect() as conn:
+        stored = set(conn.exec_driver_sql("SELECT level, node_index FROM audit_nodes").all())
+    assert stored == {(level, index) for level in range(STORED_MIN_LEVEL, 7) for index in range(100 >> level)}
+    leaves = _stored_leaves(engine)
+    for index in (0, 15, 16, 63, 64, 95, 96, 99):  # inside stored blocks and in the ragged tail
+        proof = ledger.inclusion_proof(index, 100)
+        assert proof.root_hash == mth(leaves) and proof.leaf_hash == leaves[index]
+        proof.verify()
+
+
+def _legacy_low_nodes(engine: sa.Engine, size: int) -> list[tuple[int, int, bytes]]:
+    """Nodes below STORED_MIN_LEVEL, as logs written before that change hold them."""
+    leaves = _stored_leaves(engine)[:size]
+    return [
+        (level, index, mth(leaves[index << level : (index + 1) << level]))
+        for level in range(1, STORED_MIN_LEVEL)
+        for index in range(size >> level)
+    ]
+
+
+def test_a_log_that_still_holds_lower_nodes_verifies_and_their_edits_are_caught(
+    ledger: Ledger, engine: sa.Engine
+) -> None:
+    _fill(ledger, 40)
+    legacy = _legacy_low_nodes(engine, 40)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO audit_nodes (level, node_index, hash) VALUES (:l, :i, :h)"),
+            [{"l": level, "i": index, "h": value} for level, index, value in legacy],
+        )
+    ledger.checkpoint()
+    assert ledger.verify().ok
+    leaves = _stored_leaves(engine)
+    assert ledger.inclusion_proof(21, 40).root_hash == mth(leaves)
+    _bypass(
+        engine, "UPDATE audit_nodes SET hash = :h WHERE level = 2 AND node_index = 5", {"h": b"\x07" * 32}
+    )
+    report = ledger.verify()
+    assert not report.ok and report.first_bad_index == 20 and "20..23" in (report.problem or "")
+
+
+def test_a_missing_leaf_under_a_recomputed_node_is_an_integrity_error(
+    ledger: Ledger, engine: sa.Engine
+) -> None:
+    _fill(ledger, 40)
+    _bypass(engine, "DELETE FROM audit_entries WHERE leaf_index = 34")
+    with pytest.raises(LedgerIntegrityError, match="1 tree node"):
+        ledger.inclusion_proof(33, 39)  # needs the pair (34, 35) recomputed from its leaves
+    report = ledger.verify()
+    assert not report.ok and report.first_bad_index == 34
