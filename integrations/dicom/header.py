@@ -21,6 +21,18 @@ from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
+# Only these are converted; the others are walked (so framing errors still surface) but not decoded.
+_INDEXED_TAGS: list[BaseTag | int] = [
+    0x00080005,  # Specific Character Set
+    0x00080016,  # SOP Class UID
+    0x00080018,  # SOP Instance UID
+    0x00080050,  # Accession Number
+    0x00080060,  # Modality
+    0x00100020,  # Patient ID
+    0x00180015,  # Body Part Examined
+    0x0020000D,  # Study Instance UID
+    0x0020000E,  # Series Instance UID
+]
 _ITEM = 0xFFFEE000
 _SEQUENCE_DELIMITER = 0xFFFEE0DD
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -55,7 +67,9 @@ def read_instance_header(path: Path) -> InstanceHeader:
     size = path.stat().st_size
     try:
         with path.open("rb") as fp:
-            ds = read_partial(fp, stop_when=_stop_at_pixels, defer_size=64 * 1024)
+            ds = read_partial(
+                fp, stop_when=_stop_at_pixels, defer_size=64 * 1024, specific_tags=_INDEXED_TAGS
+            )
             transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
             header = _header_from(ds, transfer_syntax)
             if transfer_syntax != DeflatedExplicitVRLittleEndian:

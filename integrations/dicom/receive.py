@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from integrations.dicom.header import InstanceHeader, UnreadableDataset, read_instance_header
 from integrations.dicom.receipts import ReceiptBatcher
-from integrations.dicom.spool import Spool, SpooledFile
+from integrations.dicom.spool import Spool, SpooledFile, WrittenFile
 from integrations.dicom.status import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_MISMATCH,
@@ -26,7 +26,13 @@ from integrations.dicom.status import (
     STATUS_PROCESSING_FAILURE,
     STATUS_SUCCESS,
 )
-from integrations.store.ingest import IngestOutcome, InstanceFacts, RecordedInstance, record_instance
+from integrations.store.ingest import (
+    IngestOutcome,
+    InstanceFacts,
+    RecordedInstance,
+    StudyIds,
+    record_instance,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -62,6 +68,7 @@ class InstanceReceiver:
         self.spool = spool
         self._session_factory = session_factory
         self._batcher = batcher
+        self._study_ids = StudyIds()
 
     def receive(
         self,
@@ -71,7 +78,9 @@ class InstanceReceiver:
         association_key: object,
         expected_sop_class: str | None = None,
         expected_sop_instance: str | None = None,
+        written: WrittenFile | None = None,
     ) -> ReceiveResult:
+        """Spool and index one received file; `written` carries the digest computed while receiving."""
         if not self.spool.has_room():
             LOG.warning("spool below free-space watermark; refusing an instance from %s", calling_ae)
             return ReceiveResult(STATUS_OUT_OF_RESOURCES, reason="spool below free-space watermark")
@@ -85,7 +94,7 @@ class InstanceReceiver:
         if expected_sop_instance is not None and header.sop_instance_uid != expected_sop_instance:
             return ReceiveResult(STATUS_DATASET_MISMATCH, reason="SOP Instance UID differs from the request")
         try:
-            spooled = self.spool.adopt(temp_path)
+            spooled = self.spool.adopt(temp_path, written)
         except OSError as exc:
             LOG.error("spool write failed (%s)", type(exc).__name__)
             return ReceiveResult(STATUS_OUT_OF_RESOURCES, reason="spool write failed")
@@ -115,6 +124,12 @@ class InstanceReceiver:
 
     def _index(self, header: InstanceHeader, spooled: SpooledFile, calling_ae: str) -> RecordedInstance:
         with self._session_factory() as session, session.begin():
-            return record_instance(
-                session, facts_from(header, spooled), calling_ae=calling_ae, now=datetime.now(UTC)
+            recorded = record_instance(
+                session,
+                facts_from(header, spooled),
+                calling_ae=calling_ae,
+                now=datetime.now(UTC),
+                study_ids=self._study_ids,
             )
+        self._study_ids.put(header.study_uid, recorded.study_id)  # committed: safe to remember
+        return recorded

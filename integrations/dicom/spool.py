@@ -41,6 +41,7 @@ class Spool:
         self.fsync = fsync
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
+        self._made_dirs: set[Path] = set()
         for path in (self.root, self.objects_dir, self.tmp_dir):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -55,17 +56,25 @@ class Spool:
             raise ValueError(f"spool path {relative_path!r} escapes the spool root")
         return path
 
-    def adopt(self, temp_path: Path) -> SpooledFile:
-        """Move a finished file (e.g. pynetdicom's chunked-receive temp file) into the spool.
+    def incoming(self) -> IncomingFile:
+        """A file under `tmp/` that hashes what is written to it: the SCP streams a data set into it."""
+        return IncomingFile(self.tmp_dir / f"{uuid.uuid4().hex}.part", fsync=self.fsync)
+
+    def adopt(self, temp_path: Path, written: WrittenFile | None = None) -> SpooledFile:
+        """Move a finished file into the spool; `written` (from `IncomingFile.finish`) skips re-hashing.
 
         The source is renamed when it is on the spool's filesystem, copied otherwise; either way the
         source no longer needs to exist afterwards (the caller may still try to delete it).
         """
-        digest, size = _hash_file(temp_path)
+        if written is not None:
+            digest, size = written.sha256, written.size_bytes
+        else:
+            digest, size = _hash_file(temp_path)
         relative, target = self._object_path(digest)
         if target.exists():
+            temp_path.unlink(missing_ok=True)
             return SpooledFile(relative, digest, size, already_present=True)
-        if self.fsync:
+        if self.fsync and written is None:
             _fsync_path(temp_path)
         try:
             os.replace(temp_path, target)
@@ -112,8 +121,56 @@ class Spool:
     def _object_path(self, digest: str) -> tuple[str, Path]:
         relative = f"objects/{digest[:2]}/{digest[2:4]}/{digest}.dcm"
         target = self.root / relative
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # 65,536 fan-out directories at most: remember which exist instead of a mkdir per file.
+        if target.parent not in self._made_dirs:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._made_dirs.add(target.parent)
         return relative, target
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    path: Path
+    sha256: str
+    size_bytes: int
+
+
+class IncomingFile:
+    """Write-once temp file with a running SHA-256, so a received data set is read from the wire once.
+
+    `finish` flushes (and fsyncs when the spool does) and returns the digest; `discard` removes the file.
+    A crash leaves the `.part` file under `tmp/`, which `Spool.sweep_tmp` removes at the next start.
+    """
+
+    def __init__(self, path: Path, *, fsync: bool) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._hasher = hashlib.sha256()
+        self._size = 0
+        self._out: BinaryIO | None = path.open("wb")
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._out is None:
+            raise ValueError("write to a finished or discarded incoming file")
+        self._out.write(data)
+        self._hasher.update(data)
+        self._size += len(data)
+
+    def finish(self) -> WrittenFile:
+        if self._out is None:
+            raise ValueError("incoming file already finished or discarded")
+        out, self._out = self._out, None
+        try:
+            _flush(out, self._fsync)
+        finally:
+            out.close()
+        return WrittenFile(self.path, self._hasher.hexdigest(), self._size)
+
+    def discard(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        self.path.unlink(missing_ok=True)
 
 
 def _hash_file(path: Path) -> tuple[str, int]:

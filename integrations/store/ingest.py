@@ -8,11 +8,13 @@ every insert is `ON CONFLICT DO NOTHING` against a unique key, so the race resol
 from __future__ import annotations
 
 import enum
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -57,6 +59,29 @@ class RecordedInstance:
     outcome: IngestOutcome
 
 
+_STUDIES: Table = Study.__table__  # type: ignore[assignment]  # a declarative class maps one Table
+_INSTANCES: Table = Instance.__table__  # type: ignore[assignment]
+# Built once: on the receive path SQLAlchemy's per-call statement construction cost more than the
+# database work itself (several statements per instance at hundreds of instances a second).
+_SELECT_STUDY_ID = select(_STUDIES.c.id).where(_STUDIES.c.study_uid == bindparam("b_study_uid"))
+_SELECT_VERSIONS = select(_INSTANCES.c.id, _INSTANCES.c.sha256).where(
+    _INSTANCES.c.sop_instance_uid == bindparam("b_sop_uid")
+)
+_MARK_CONFLICT = (
+    update(_INSTANCES).where(_INSTANCES.c.sop_instance_uid == bindparam("b_sop_uid")).values(conflict=True)
+)
+_TOUCH_STUDY = (
+    update(_STUDIES)
+    .where(_STUDIES.c.id == bindparam("b_study_id"))
+    .values(
+        instance_count=_STUDIES.c.instance_count + 1,
+        last_received_at=bindparam("b_now"),
+        state=STUDY_RECEIVING,
+    )
+)
+_INSERTS: dict[tuple[str, str], Any] = {}
+
+
 def _insert_for(session: Session, table: Any) -> Any:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -66,57 +91,100 @@ def _insert_for(session: Session, table: Any) -> Any:
     raise NotImplementedError(f"ingest supports PostgreSQL and SQLite, not {dialect}")
 
 
+def _insert_ignoring_conflict(session: Session, table: Any, keys: list[str], returning: Any | None) -> Any:
+    """INSERT ... ON CONFLICT (keys) DO NOTHING [RETURNING], built once per dialect and table."""
+    cache_key = (session.get_bind().dialect.name, str(table.name))
+    stmt = _INSERTS.get(cache_key)
+    if stmt is None:
+        stmt = _insert_for(session, table).on_conflict_do_nothing(index_elements=keys)
+        if returning is not None:
+            stmt = stmt.returning(returning)
+        _INSERTS[cache_key] = stmt
+    return stmt
+
+
+class StudyIds:
+    """study UID -> row id for the studies a receiver has seen; rows are never deleted, so ids never go
+    stale. Bounded, so a gateway running for months keeps a small working set."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._capacity = capacity
+        self._ids: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, study_uid: str) -> int | None:
+        with self._lock:
+            found = self._ids.get(study_uid)
+            if found is not None:
+                self._ids.move_to_end(study_uid)
+            return found
+
+    def put(self, study_uid: str, study_id: int) -> None:
+        with self._lock:
+            self._ids[study_uid] = study_id
+            self._ids.move_to_end(study_uid)
+            while len(self._ids) > self._capacity:
+                self._ids.popitem(last=False)
+
+
 def ensure_study(session: Session, facts: InstanceFacts, *, calling_ae: str | None, now: datetime) -> int:
     """Return the study's id, creating the row if this is its first instance (race-safe)."""
-    stmt = (
-        _insert_for(session, Study)
-        .values(
-            study_uid=facts.study_uid,
-            patient_id=facts.patient_id,
-            accession_number=facts.accession_number,
-            modality=facts.modality,
-            calling_ae=calling_ae,
-            first_received_at=now,
-            last_received_at=now,
-            state=STUDY_RECEIVING,
-            instance_count=0,
-        )
-        .on_conflict_do_nothing(index_elements=["study_uid"])
+    connection = session.connection()
+    connection.execute(
+        _insert_ignoring_conflict(session, _STUDIES, ["study_uid"], None),
+        {
+            "study_uid": facts.study_uid,
+            "patient_id": facts.patient_id,
+            "accession_number": facts.accession_number,
+            "modality": facts.modality,
+            "calling_ae": calling_ae,
+            "first_received_at": now,
+            "last_received_at": now,
+            "state": STUDY_RECEIVING,
+            "instance_count": 0,
+        },
     )
-    session.execute(stmt)
-    return int(session.execute(select(Study.id).where(Study.study_uid == facts.study_uid)).scalar_one())
+    return int(connection.execute(_SELECT_STUDY_ID, {"b_study_uid": facts.study_uid}).scalar_one())
 
 
 def record_instance(
-    session: Session, facts: InstanceFacts, *, calling_ae: str | None, now: datetime
+    session: Session,
+    facts: InstanceFacts,
+    *,
+    calling_ae: str | None,
+    now: datetime,
+    study_ids: StudyIds | None = None,
 ) -> RecordedInstance:
-    """Index one instance version; the caller commits. A repeat of known bytes changes nothing."""
-    study_id = ensure_study(session, facts, calling_ae=calling_ae, now=now)
-    versions = session.execute(
-        select(Instance.id, Instance.sha256).where(Instance.sop_instance_uid == facts.sop_instance_uid)
-    ).all()
+    """Index one instance version; the caller commits. A repeat of known bytes changes nothing.
+
+    `study_ids` is only read here: the caller adds the study's id after its commit, so an id from a
+    rolled-back transaction is never remembered.
+    """
+    study_id = study_ids.get(facts.study_uid) if study_ids is not None else None
+    if study_id is None:
+        study_id = ensure_study(session, facts, calling_ae=calling_ae, now=now)
+    connection = session.connection()
+    versions = connection.execute(_SELECT_VERSIONS, {"b_sop_uid": facts.sop_instance_uid}).all()
     for instance_id, sha256 in versions:
         if sha256 == facts.sha256:
             return RecordedInstance(study_id, instance_id, IngestOutcome.DUPLICATE)
     conflict = bool(versions)
-    inserted = session.execute(
-        _insert_for(session, Instance)
-        .values(
-            study_id=study_id,
-            series_uid=facts.series_uid,
-            sop_instance_uid=facts.sop_instance_uid,
-            sop_class_uid=facts.sop_class_uid,
-            transfer_syntax_uid=facts.transfer_syntax_uid,
-            modality=facts.modality,
-            body_part=facts.body_part,
-            spool_path=facts.spool_path,
-            size_bytes=facts.size_bytes,
-            sha256=facts.sha256,
-            conflict=conflict,
-            received_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["sop_instance_uid", "sha256"])
-        .returning(Instance.id)
+    inserted = connection.execute(
+        _insert_ignoring_conflict(session, _INSTANCES, ["sop_instance_uid", "sha256"], _INSTANCES.c.id),
+        {
+            "study_id": study_id,
+            "series_uid": facts.series_uid,
+            "sop_instance_uid": facts.sop_instance_uid,
+            "sop_class_uid": facts.sop_class_uid,
+            "transfer_syntax_uid": facts.transfer_syntax_uid,
+            "modality": facts.modality,
+            "body_part": facts.body_part,
+            "spool_path": facts.spool_path,
+            "size_bytes": facts.size_bytes,
+            "sha256": facts.sha256,
+            "conflict": conflict,
+            "received_at": now,
+        },
     ).scalar_one_or_none()
     if inserted is None:  # another association indexed the same bytes a moment ago
         existing = session.execute(
@@ -126,17 +194,7 @@ def record_instance(
         ).scalar_one()
         return RecordedInstance(study_id, int(existing), IngestOutcome.DUPLICATE)
     if conflict:
-        session.execute(
-            update(Instance).where(Instance.sop_instance_uid == facts.sop_instance_uid).values(conflict=True)
-        )
-    session.execute(
-        update(Study)
-        .where(Study.id == study_id)
-        .values(
-            instance_count=Study.instance_count + 1,
-            last_received_at=now,
-            state=STUDY_RECEIVING,
-        )
-    )
+        connection.execute(_MARK_CONFLICT, {"b_sop_uid": facts.sop_instance_uid})
+    connection.execute(_TOUCH_STUDY, {"b_study_id": study_id, "b_now": now})
     outcome = IngestOutcome.CONFLICT if conflict else IngestOutcome.STORED
     return RecordedInstance(study_id, int(inserted), outcome)

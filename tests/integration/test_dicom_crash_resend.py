@@ -72,10 +72,10 @@ def start_scp(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
 
 @pytest.fixture
 def study(tmp_path: Path) -> list[Path]:
-    """12 small CT slices, then one ~64 MB instance (the one on the wire at the kill), then 3 more."""
+    """12 small CT slices, then one 32 MB instance (the one on the wire at the kill), then 3 more."""
     folder = tmp_path / "study"
     images = [make_image(study_uid=STUDY, instance_number=i, seed=i) for i in range(SMALL)]
-    images.append(make_image(study_uid=STUDY, rows=4096, columns=8192, instance_number=SMALL, seed=SMALL))
+    images.append(make_image(study_uid=STUDY, rows=4096, columns=4096, instance_number=SMALL, seed=SMALL))
     images += [make_image(study_uid=STUDY, instance_number=i, seed=i) for i in range(SMALL + 1, SMALL + 4)]
     return [write_part10(ds, folder / f"{i:03d}.dcm") for i, ds in enumerate(images)]
 
@@ -92,6 +92,16 @@ def index_rows(settings: Settings) -> list[Instance]:
             return list(session.execute(select(Instance).order_by(Instance.id)).scalars())
     finally:
         engine.dispose()
+
+
+def largest_part(folder: Path) -> int:
+    sizes = []
+    for part in folder.glob("*.part"):
+        try:
+            sizes.append(part.stat().st_size)
+        except FileNotFoundError:  # finished and renamed between listing and stat
+            continue
+    return max(sizes, default=0)
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -119,8 +129,12 @@ def test_kill_mid_association_then_resend(settings: Settings, study: list[Path],
             target=lambda: big_status.append(assoc.send_c_store(datasets[SMALL])), daemon=True
         )
         big.start()
-        spool_tmp_before = set(os.listdir(settings.dicom_config().spool_dir / "tmp"))
-        time.sleep(0.15)  # 64 MB in 16 KB PDUs: well inside the transfer
+        tmp_dir = settings.dicom_config().spool_dir / "tmp"
+        deadline = time.monotonic() + 30
+        # Kill while the big data set is half written: its temp file exists and is still growing.
+        while largest_part(tmp_dir) < 1024 * 1024:
+            assert time.monotonic() < deadline, "the large instance never started arriving"
+            time.sleep(0.005)
         os.kill(scp.pid, signal.SIGKILL)
         scp.wait(timeout=10)
         big.join(timeout=30)
@@ -129,6 +143,8 @@ def test_kill_mid_association_then_resend(settings: Settings, study: list[Path],
             assoc.abort()
 
     assert big_status and "Status" not in big_status[0]  # the kill landed before its response
+
+    assert list(tmp_dir.glob("*.part"))  # the kill left the half-written data set behind
 
     # Success meant durable: everything acknowledged is indexed and spooled, with the process gone.
     rows = index_rows(settings)
@@ -141,7 +157,7 @@ def test_kill_mid_association_then_resend(settings: Settings, study: list[Path],
     # Restart; the PACS resends the whole study on a new association.
     scp = start_scp(settings, scp_log)
     try:
-        assert set(os.listdir(spool / "tmp")) <= spool_tmp_before  # the interrupted write was swept
+        assert list((spool / "tmp").iterdir()) == []  # the interrupted write was swept at start
         resent = subprocess.run(
             [
                 "storescu",
