@@ -75,7 +75,7 @@ def rejection_for(request: pdu.AssociateRequest, config: DicomConfig) -> tuple[i
         return pdu.RJ_PROTOCOL_VERSION_NOT_SUPPORTED
     if request.application_context != pdu.APPLICATION_CONTEXT:
         return pdu.RJ_APPLICATION_CONTEXT_NOT_SUPPORTED
-    if config.require_called_aet and request.called_ae != config.ae_title:
+    if config.require_called_aet and request.called_ae not in config.called_ae_titles:
         return pdu.RJ_CALLED_AE_NOT_RECOGNISED
     if config.allowed_calling_aets and request.calling_ae not in config.allowed_calling_aets:
         return pdu.RJ_CALLING_AE_NOT_RECOGNISED

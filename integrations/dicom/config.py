@@ -62,6 +62,8 @@ class DicomConfig(BaseModel):
     # --- added for the gateway (issue 5) ---
     # Reject associations whose called AE title is not ours (A-ASSOCIATE-RJ, called-AE not recognised).
     require_called_aet: bool = True
+    # Further called AE titles this SCP answers to (one gateway behind several PACS routing names).
+    additional_ae_titles: list[str] = Field(default_factory=list)
     # Empty means any host; otherwise only these peer IP addresses may connect.
     allowed_calling_hosts: list[str] = Field(default_factory=list)
     # Per calling AE override of stable_age_s (a CT scanner pushing slowly needs a longer quiet period).
@@ -87,6 +89,10 @@ class DicomConfig(BaseModel):
         if not 0 < len(value.strip()) <= 16:
             raise ValueError(f"ae_title must be 1-16 characters, got {len(value.strip())}")
         return value.strip()
+
+    @property
+    def called_ae_titles(self) -> frozenset[str]:
+        return frozenset([self.ae_title, *(title.strip() for title in self.additional_ae_titles)])
 
     def stable_age_for(self, calling_aet: str | None) -> float:
         if calling_aet is not None and calling_aet in self.stable_age_by_calling_aet:
