@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from json.encoder import encode_basestring
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 import orjson
@@ -34,7 +34,21 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",",
 _encode_string = encode_basestring  # the C implementation when available: '"' + escaped + '"'
 
 
-_encode = _ENCODER.encode
+_ONE_SHOT = (
+    None
+    if c_make_encoder is None
+    else c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",", True, False, False)
+)
+"""The C encoder ``JSONEncoder.encode`` builds on every call, built once (same arguments as _ENCODER).
+Without its circular-reference markers: a cycle never gets here, orjson or the checker refuses it."""
+
+
+def _encode(value: Any) -> str:
+    if _ONE_SHOT is None:
+        return _ENCODER.encode(value)
+    return "".join(_ONE_SHOT(value, 0))
+
+
 _STRICT = orjson.OPT_STRICT_INTEGER
 _orjson_dumps = orjson.dumps
 

@@ -21,24 +21,34 @@ from audit.canonical import json_string
 ENTRY_FORMAT_VERSION = 1
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 DICOM_UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+KNOWN_KINDS_LIMIT = 1024
+_KNOWN_KINDS: set[str] = set()
+"""Kinds already matched: a log uses a few dozen, and the regex ran once per appended entry."""
 
 
 class EntryDraft(pydantic.BaseModel):
     """One entry as the rest of Veritrace hands it in; validated before the sequencer lock is taken."""
 
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+    # Inputs are patient data: a refusal names the field, never repeats the value.
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     kind: str = pydantic.Field(min_length=1, max_length=64)
     actor: str = pydantic.Field(min_length=1, max_length=256)
-    payload: Mapping[str, Any]
+    payload: pydantic.InstanceOf[Mapping[str, Any]]
+    """Kept as given (not copied key by key): canonicalisation walks it anyway, at append time, and
+    refuses what JSON cannot hold with a message naming where it sits."""
     patient_ref: str | None = pydantic.Field(default=None, min_length=1, max_length=256)
     study_uid: str | None = pydantic.Field(default=None, min_length=1, max_length=64)
 
     @pydantic.field_validator("kind")
     @classmethod
     def _kind_is_dotted_name(cls, value: str) -> str:
+        if value in _KNOWN_KINDS:
+            return value
         if not KIND_PATTERN.match(value):
             raise ValueError('kind must be a dotted lower-case name such as "fhir.read"')
+        if len(_KNOWN_KINDS) < KNOWN_KINDS_LIMIT:
+            _KNOWN_KINDS.add(value)
         return value
 
     @pydantic.field_validator("study_uid")
