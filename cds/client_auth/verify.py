@@ -116,7 +116,8 @@ class ClientTokenVerifier:
         if cached is not None and cached[0] == jwk:
             return cached[1]
         try:
-            key = jwt.PyJWK(jwk, algorithm=alg).key
+            # prepare_key checks what the JWK alone does not, e.g. the curve ES384 requires (P-384).
+            key = SIGNATURES[alg].prepare_key(jwt.PyJWK(jwk, algorithm=alg).key)
         except jwt.PyJWTError as exc:
             raise InvalidClientToken(f"key {kid!r} cannot be used: {exc}") from exc
         self._keys[(iss, kid, alg)] = (dict(jwk), key)
