@@ -37,7 +37,7 @@ def main() -> None:
     terms = sorted(annotated, key=lambda t: -t.information_content.omim)[: args.terms]  # most specific
     for source in ("omim", "orpha"):
         started = time.perf_counter()
-        ranked = rank_diseases(terms, source, 5)  # type: ignore[arg-type]
+        ranked = rank_diseases(terms, source, 5)
         rows.append((f"rank {source} ({len(terms)} terms)", f"{time.perf_counter() - started:.2f} s"))
         if source == "omim":
             rows.append(("  top OMIM is the source disease", str(ranked[0]["id"] == f"OMIM:{disease.id}")))

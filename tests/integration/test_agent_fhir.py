@@ -178,3 +178,22 @@ def test_lab_read_by_the_agent_is_cited_and_verified(client: FhirClient, images:
         result.tool_facts,
     )
     assert [v.supported for v in verified.verdicts] == [True, False]
+
+
+def test_ranker_maps_the_patients_active_conditions(
+    client: FhirClient, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from integrations.tools.rare_disease import fhir_active_conditions, rare_disease_tools
+    from tests.unit.test_tools_hpo import build_extract
+
+    extract = build_extract(tmp_path_factory.mktemp("hpo") / "data")
+    registry = ToolRegistry(PATIENT, rare_disease_tools(fhir_active_conditions(client), extract))
+    outcome = registry.call("rare_disease_ranking", {"patient_id": PATIENT, "limit": 3})
+    assert outcome.ok, outcome.error
+    content = outcome.result.content  # type: ignore[union-attr]
+    mapped = {p["hpo_id"]: p["from"] for p in content["phenotypes"]}
+    # vt-demo-1's active hypertension and chronic kidney disease map; the resolved pneumonia is not read
+    assert {"HP:0000822", "HP:0012622"} <= set(mapped)
+    conditions = {e.id for e in registry.evidence() if e.resource_type == "Condition"}
+    assert all(origin in conditions for origins in mapped.values() for origin in origins)
+    assert len(conditions) == 3 and len(content["ranking"]) == 3
