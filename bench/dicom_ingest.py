@@ -103,6 +103,20 @@ def storescu(port: int, called: str, folder: Path) -> float:
     return time.perf_counter() - start
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_push(pid: int, port: int, called: str, folder: Path) -> tuple[float, float]:
+    """(wall seconds, receiver CPU seconds) for one storescu push: CPU is what load on a shared machine
+    cannot distort, so it is reported beside the rate."""
+    before = cpu_seconds(pid)
+    seconds = storescu(port, called, folder)
+    return seconds, cpu_seconds(pid) - before
+
+
 @dataclass
 class Row:
     target: str
@@ -110,6 +124,11 @@ class Row:
     instances: int
     seconds: float
     megabytes: float
+    cpu_s: float = 0.0
+
+    @property
+    def cpu_ms_per_instance(self) -> float:
+        return 1000 * self.cpu_s / self.instances
 
     @property
     def per_s(self) -> float:
@@ -148,7 +167,7 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def run_ours(
-    folders: dict[str, Path], rss_folder: Path | None, args: argparse.Namespace
+    folders: dict[str, Path], rss_folder: Path | None, args: argparse.Namespace, *, fsync: bool
 ) -> tuple[list[Row], dict]:
     from sqlalchemy import create_engine, text
 
@@ -169,7 +188,7 @@ def run_ours(
             "--stable-age",
             str(args.stable_age),
         ]
-        + (["--no-fsync"] if args.no_fsync else []),
+        + ([] if fsync else ["--no-fsync"]),
         env={**os.environ, "TCP_NODELAY": "1"},
     )
     rows: list[Row] = []
@@ -179,9 +198,16 @@ def run_ours(
         sampler = RssSampler(child.pid)
         sampler.start()
         for name, folder in folders.items():
-            seconds = storescu(port, "VERITRACE", folder)
+            seconds, cpu = timed_push(child.pid, port, "VERITRACE", folder)
             rows.append(
-                Row("Veritrace SCP", name, len(list(folder.iterdir())), seconds, folder_bytes(folder) / 1e6)
+                Row(
+                    "Veritrace SCP" + ("" if fsync else " (no fsync)"),
+                    name,
+                    len(list(folder.iterdir())),
+                    seconds,
+                    folder_bytes(folder) / 1e6,
+                    cpu,
+                )
             )
         time.sleep(args.stable_age + 1.5)
         engine = create_engine(db_url)
@@ -231,16 +257,13 @@ def run_storescp(folders: dict[str, Path]) -> list[Row]:
     )
     try:
         wait_port(port)
-        return [
-            Row(
-                "dcmtk storescp",
-                name,
-                len(list(f.iterdir())),
-                storescu(port, "STORESCP", f),
-                folder_bytes(f) / 1e6,
+        rows = []
+        for name, f in folders.items():
+            seconds, cpu = timed_push(child.pid, port, "STORESCP", f)
+            rows.append(
+                Row("dcmtk storescp", name, len(list(f.iterdir())), seconds, folder_bytes(f) / 1e6, cpu)
             )
-            for name, f in folders.items()
-        ]
+        return rows
     finally:
         child.terminate()
         child.wait(timeout=30)
@@ -274,16 +297,10 @@ def run_orthanc(folders: dict[str, Path]) -> list[Row]:
     try:
         wait_port(dicom_port)
         wait_port(http_port)
-        rows = [
-            Row(
-                "Orthanc",
-                name,
-                len(list(f.iterdir())),
-                storescu(port=dicom_port, called="ORTHANC", folder=f),
-                folder_bytes(f) / 1e6,
-            )
-            for name, f in folders.items()
-        ]
+        rows = []
+        for name, f in folders.items():
+            seconds, cpu = timed_push(child.pid, dicom_port, "ORTHANC", f)
+            rows.append(Row("Orthanc", name, len(list(f.iterdir())), seconds, folder_bytes(f) / 1e6, cpu))
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/statistics", timeout=10) as response:
             json.load(response)
         return rows
@@ -293,6 +310,15 @@ def run_orthanc(folders: dict[str, Path]) -> list[Row]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def median_rows(rounds: list[list[Row]]) -> list[Row]:
+    """One row per (target, data set): the run with the median rate, so one noisy run does not decide."""
+    grouped: dict[tuple[str, str], list[Row]] = {}
+    for rows in rounds:
+        for row in rows:
+            grouped.setdefault((row.target, row.dataset), []).append(row)
+    return [sorted(group, key=lambda r: r.per_s)[len(group) // 2] for group in grouped.values()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--serve", action="store_true")
@@ -300,11 +326,12 @@ def main() -> None:
     parser.add_argument("--spool", default="")
     parser.add_argument("--database-url", default="")
     parser.add_argument("--stable-age", type=float, default=1.0)
-    parser.add_argument("--no-fsync", action="store_true")
+    parser.add_argument("--no-fsync", action="store_true", help="--serve only")
     parser.add_argument("--ct", type=int, default=400)
     parser.add_argument("--cr", type=int, default=40)
     parser.add_argument("--rss-instances", type=int, default=2000)
-    parser.add_argument("--only", default="ours,storescp,orthanc")
+    parser.add_argument("--only", default="ours,ours-nofsync,storescp,orthanc")
+    parser.add_argument("--rounds", type=int, default=3, help="targets run in turn this many times; medians")
     args = parser.parse_args()
     if args.serve:
         serve(args)
@@ -315,34 +342,45 @@ def main() -> None:
     }
     rss_folder = generate("ct-rss", args.rss_instances, 256, 256, "CT") if args.rss_instances else None
     targets = args.only.split(",")
-    rows: list[Row] = []
+    rounds: list[list[Row]] = []
     extra: dict = {}
-    if "storescp" in targets:
-        rows += run_storescp(folders)
-    if "orthanc" in targets:
-        rows += run_orthanc(folders)
-    if "ours" in targets:
-        ours, extra = run_ours(folders, rss_folder, args)
-        rows += ours
-    print("| target | data set | instances | seconds | instances/s | MB/s |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for number in range(args.rounds):
+        rows: list[Row] = []
+        if "storescp" in targets:
+            rows += run_storescp(folders)
+        if "orthanc" in targets:
+            rows += run_orthanc(folders)
+        if "ours" in targets:
+            ours, found = run_ours(folders, rss_folder if number == 0 else None, args, fsync=True)
+            rows += ours
+            extra.update(found if number == 0 else {})
+        if "ours-nofsync" in targets:
+            ours, _ = run_ours(folders, None, args, fsync=False)
+            rows += ours
+        rounds.append(rows)
+    rows = median_rows(rounds)
+    print(f"median of {args.rounds} rounds")
+    print("| target | data set | instances | seconds | instances/s | MB/s | receiver CPU ms/instance |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
         print(
             f"| {row.target} | {row.dataset} | {row.instances} | {row.seconds:.2f}"
-            f" | {row.per_s:.0f} | {row.mb_s:.0f} |"
+            f" | {row.per_s:.0f} | {row.mb_s:.0f} | {row.cpu_ms_per_instance:.2f} |"
         )
     by = {(r.target, r.dataset): r for r in rows}
     for name in folders:
-        ours_row, ref, orth = (
-            by.get(("Veritrace SCP", name)),
-            by.get(("dcmtk storescp", name)),
-            by.get(("Orthanc", name)),
-        )
-        if ours_row and ref:
-            ratio = f"{ours_row.per_s / ref.per_s:.2f}x storescp"
-            if orth:
-                ratio += f", {ours_row.per_s / orth.per_s:.2f}x Orthanc"
-            print(f"\n{name}: ours = {ratio}")
+        ref, orth = by.get(("dcmtk storescp", name)), by.get(("Orthanc", name))
+        for ours_name in ("Veritrace SCP", "Veritrace SCP (no fsync)"):
+            ours_row = by.get((ours_name, name))
+            if ours_row and ref:
+                ratio = f"{ours_row.per_s / ref.per_s:.2f}x storescp"
+                if orth:
+                    ratio += f", {ours_row.per_s / orth.per_s:.2f}x Orthanc"
+                print(f"{name}: {ours_name} = {ratio}")
+    print(
+        "per round (instances/s): "
+        + json.dumps([[f"{r.target}|{r.dataset}|{r.per_s:.0f}" for r in rs] for rs in rounds])
+    )
     if extra:
         print(f"\n{json.dumps(extra)}")
 

@@ -119,9 +119,11 @@ class Spool:
             temp.unlink(missing_ok=True)
 
     def _object_path(self, digest: str) -> tuple[str, Path]:
-        relative = f"objects/{digest[:2]}/{digest[2:4]}/{digest}.dcm"
+        # One level of 256 directories: a second level (65,536) cost a directory creation per instance
+        # for the first tens of thousands of instances, at ~0.7 ms each on a journaled disk. Paths are
+        # stored per instance, so files written under the older two-level layout still resolve.
+        relative = f"objects/{digest[:2]}/{digest}.dcm"
         target = self.root / relative
-        # 65,536 fan-out directories at most: remember which exist instead of a mkdir per file.
         if target.parent not in self._made_dirs:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._made_dirs.add(target.parent)

@@ -135,6 +135,7 @@ def test_every_pydicom_test_file(tmp_path: Path, store: DicomStore) -> None:
         )
 
     stored = 0
+    stored_names: set[str] = set()
     refused: list[str] = []
     mismatched = []
     for source in files.values():
@@ -142,6 +143,7 @@ def test_every_pydicom_test_file(tmp_path: Path, store: DicomStore) -> None:
         candidates = versions.get(data_set_uid, [])
         if any(stored_as_sent(source, row) for row in candidates):
             stored += 1
+            stored_names.add(source.name)
         elif re.search(re.escape(source.name) + r".*\n(.*\n)*?.*(0x[AC][0-9A-F]{3}|Failure|Error)", text):
             refused.append(source.name)
         elif candidates:
@@ -154,4 +156,7 @@ def test_every_pydicom_test_file(tmp_path: Path, store: DicomStore) -> None:
     # we refuse it with 0xA900 (Data Set does not match SOP Class).
     assert mismatched == [], "\n".join(mismatched)
     assert "rtdose_rle_1frame.dcm" in refused
+    # The larger objects of the pydicom-data package (2-7 MB; JPEG 2000, multi-frame, colour) all arrive.
+    large = {path.name for path in files.values() if path.stat().st_size > 2_000_000}
+    assert len(large) >= 6 and large <= stored_names, sorted(large - stored_names)
     assert stored >= 0.8 * len(files), f"only {stored} of {len(files)} stored; refused {len(refused)}"
