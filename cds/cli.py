@@ -17,9 +17,15 @@ db_app = typer.Typer(help="Database schema.")
 app.add_typer(db_app, name="db")
 
 
-def _components() -> Components:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return Components(Settings())
+def _components(service: str = "veritrace-cli") -> Components:
+    """Settings, logging and tracing for one process; JSON logs (PHI-filtered) when VERITRACE_LOG_JSON."""
+    from cds.observability.instrument import configure_process_observability
+
+    settings = Settings()
+    if not settings.log_json:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_process_observability(service, json_logs=settings.log_json, trace_file=settings.trace_file)
+    return Components(settings)
 
 
 def _wait_for_signal() -> None:
@@ -42,7 +48,7 @@ def api() -> None:
     """CDS Hooks, audit API and STOW-RS: run N of these behind a load balancer."""
     from cds.processes import build_api_server
 
-    components = _components()
+    components = _components("veritrace-api")
     components.prepare_storage()
     build_api_server(components).run()
 
@@ -52,7 +58,7 @@ def dicom() -> None:
     """Storage SCP and stable-study assembly."""
     from cds.processes import dicom_gateway
 
-    components = _components()
+    components = _components("veritrace-dicom")
     components.prepare_storage()
     with dicom_gateway(components):
         settings = components.settings
@@ -68,7 +74,7 @@ def worker(
     concurrency: Annotated[int, typer.Option("-c", "--concurrency")] = 1,
 ) -> None:
     """A Celery worker; on `gpu` it loads the model once at start and keeps it."""
-    components = _components()
+    components = _components("veritrace-worker")
     components.prepare_storage()
     components.install_worker_runtime()
     if "gpu" in queues.split(","):
@@ -101,7 +107,7 @@ def serve() -> None:
     from cds.demo_model import ensure_demo_model
     from cds.processes import api_in_background, dicom_gateway, worker_subprocess
 
-    components = _components()
+    components = _components("veritrace-serve")
     components.prepare_storage()
     ensure_demo_model(components.settings)
     settings = components.settings
@@ -124,11 +130,13 @@ def demo(
 
 
 def _mount_subcommands() -> None:
+    from audit import Ledger
     from audit.cli import build_audit_cli
+    from cds.ops_cli import build_tasks_cli
     from cds.review_cli import review_app
     from model.cli import build_model_cli
 
-    def open_ledger():  # type: ignore[no-untyped-def]
+    def open_ledger() -> Ledger:
         components = _components()
         components.prepare_storage()
         return components.ledger
@@ -136,6 +144,7 @@ def _mount_subcommands() -> None:
     app.add_typer(build_audit_cli(open_ledger, lambda: Settings().ledger_config()), name="audit")
     app.add_typer(build_model_cli(), name="model")
     app.add_typer(review_app, name="review")
+    app.add_typer(build_tasks_cli(_components), name="tasks")
 
 
 _mount_subcommands()

@@ -66,6 +66,7 @@ class Components:
             model=self.settings.model_settings(),
             spool_dir=self.settings.dicom_config().spool_dir,
             enqueue_writeback=self.enqueue_writeback,
+            knowledge_tools=self.settings.agent_knowledge_tools,
         )
 
     def install_worker_runtime(self) -> None:

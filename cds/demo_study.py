@@ -9,12 +9,14 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 
 def build_demo_ct_study(out_dir: Path, *, patient_id: str, slices: int = 3, seed: int = 7) -> list[Path]:
     """Write `slices` CT instances of one new study for `patient_id` (deterministic pixels, fresh UIDs)."""
-    source = dcmread(get_testdata_file("CT_small.dcm"))
+    source_path = get_testdata_file("CT_small.dcm")
+    assert isinstance(source_path, str), "pydicom's bundled test data is missing"
+    source = dcmread(source_path)
     study_uid, series_uid = generate_uid(), generate_uid()
     rng = np.random.default_rng(seed)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,9 @@ cycle).
 Replay across replicas is decided by the database: a claim is an upsert on ``cds_seen_jti``'s primary
 key that inserts a new key or revives an expired one and returns the keys it wrote; a key not returned
 is held, unexpired, by an earlier token seen by this or any other replica. Two claims of one key in one
-batch: the first wins. A batch whose transaction fails is retried one call at a time, so a bad call
-fails alone and the others still commit.
+batch: the first wins. A call submitted whole (``commit_call``) has its cards stored only if its claim
+holds, in the same transaction; a replay gets its refusal entry appended instead. A batch whose
+transaction fails is retried one call at a time, so a bad call fails alone and the others commit.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class _Work:
     claim: tuple[str, datetime] | None = None
     cards: Sequence[CardRow] = ()
     audit: EntryDraft | None = None
+    """Appended when the claim holds (or there is none)."""
+    audit_if_replay: EntryDraft | None = None
+    """Appended instead when the claim turns out to be a replay (its cards are then not stored)."""
     done: concurrent.futures.Future[bool] = field(default_factory=concurrent.futures.Future)
 
 
@@ -93,9 +97,25 @@ class GroupCommitWriter:
 
     async def record(self, *, cards: Sequence[CardRow] = (), audit: EntryDraft | None = None) -> None:
         """Store the call's cards and append its audit entry; returns once both have committed."""
-        if self._ledger is None and audit is not None:
+        await self.commit_call(claim=None, cards=cards, audit=audit)
+
+    async def commit_call(
+        self,
+        *,
+        claim: tuple[str, datetime] | None,
+        cards: Sequence[CardRow] = (),
+        audit: EntryDraft | None = None,
+        audit_if_replay: EntryDraft | None = None,
+    ) -> bool:
+        """A whole call in one submission: its token's claim, its cards and its audit entry.
+
+        Returns False when the claim was a replay: the cards are then not stored and
+        ``audit_if_replay`` is appended in place of ``audit``. Returns once everything has committed.
+        """
+        if self._ledger is None and (audit is not None or audit_if_replay is not None):
             raise ValueError("this writer has no ledger to append audit entries to")
-        await self._submit(_Work(cards=tuple(cards), audit=audit))
+        work = _Work(claim=claim, cards=tuple(cards), audit=audit, audit_if_replay=audit_if_replay)
+        return await self._submit(work)
 
     async def _submit(self, work: _Work) -> bool:
         self._queue.put(work)
@@ -128,14 +148,12 @@ class GroupCommitWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[_Work]) -> None:
-        claims = [w for w in batch if w.claim is not None]
-        records = [w for w in batch if w.claim is None]
         winners: dict[str, _Work] = {}
-        for work in claims:
-            assert work.claim is not None
-            winners.setdefault(work.claim[0], work)
+        for work in batch:
+            if work.claim is not None:
+                winners.setdefault(work.claim[0], work)
         try:
-            accepted = self._write_rows(winners, records)
+            accepted = self._write_rows(winners, batch)
         except Exception as exc:
             if len(batch) > 1:
                 log.warning(
@@ -149,33 +167,54 @@ class GroupCommitWriter:
             _fail(batch, exc)
             return
         self.batches += 1
-        for work in claims:
-            assert work.claim is not None
-            key = work.claim[0]
-            _resolve(work, winners[key] is work and key in accepted)
-        drafts = [w.audit for w in records if w.audit is not None]
-        if drafts:
-            assert self._ledger is not None
-            try:
-                self._ledger.append_many(drafts)
-            except Exception as exc:
-                log.error("audit append of %d hook entries failed: %s", len(drafts), type(exc).__name__)
-                _fail(records, exc)
-                return
-        for work in records:
-            _resolve(work, True)
+        held = {id(work): _holds(work, winners, accepted) for work in batch}
+        audited: list[_Work] = []
+        drafts: list[EntryDraft] = []
+        for work in batch:
+            draft = work.audit if held[id(work)] else work.audit_if_replay
+            if draft is None:
+                _resolve(work, held[id(work)])  # nothing left to write for it: answer now
+            else:
+                audited.append(work)
+                drafts.append(draft)
+        if not drafts:
+            return
+        assert self._ledger is not None
+        try:
+            self._ledger.append_many(drafts)
+        except Exception as exc:
+            log.error("audit append of %d hook entries failed: %s", len(drafts), type(exc).__name__)
+            _fail(audited, exc)
+            return
+        for work in audited:
+            _resolve(work, held[id(work)])
 
-    def _write_rows(self, winners: dict[str, _Work], records: list[_Work]) -> set[str]:
+    def _write_rows(self, winners: dict[str, _Work], batch: list[_Work]) -> set[str]:
         claims: dict[str, datetime] = {}
         for key, work in winners.items():
             assert work.claim is not None
             claims[key] = work.claim[1]
-        cards = [card for work in records for card in work.cards]
+        # A card is written with its call's claim key; the row writer stores it only if that key is
+        # held by this transaction. Losers of a claim race inside the batch are left out here already.
+        cards = [
+            (None if work.claim is None else work.claim[0], card)
+            for work in batch
+            if work.claim is None or winners[work.claim[0]] is work
+            for card in work.cards
+        ]
         if not claims and not cards:
             return set()
         if self._rows is None:
             self._rows = hook_row_writer(self._engine, purge_every_s=self.purge_every_s)
         return self._rows.write(claims, cards, datetime.now(UTC))
+
+
+def _holds(work: _Work, winners: dict[str, _Work], accepted: set[str]) -> bool:
+    """Whether the work's call may proceed: no claim, or the first claim of its key and held in the DB."""
+    if work.claim is None:
+        return True
+    key = work.claim[0]
+    return winners[key] is work and key in accepted
 
 
 def _resolve(work: _Work, value: bool) -> None:

@@ -39,9 +39,10 @@ WITH claimed AS (
     INSERT INTO cards (uuid, service_id, hook_instance, patient_id, report_id, payload, created_at)
     SELECT uuid, service_id, hook_instance, patient_id, report_id, payload, %(now)s
     FROM json_to_recordset(%(cards)s::json) AS t(
-        uuid varchar, service_id varchar, hook_instance varchar, patient_id varchar, report_id varchar,
-        payload json
+        claim_key varchar, uuid varchar, service_id varchar, hook_instance varchar, patient_id varchar,
+        report_id varchar, payload json
     )
+    WHERE t.claim_key IS NULL OR t.claim_key IN (SELECT key FROM claimed)
 )
 SELECT key FROM claimed
 """
@@ -60,8 +61,12 @@ class CardRow:
     payload: dict[str, Any]
 
 
+ClaimedCard = tuple[str | None, CardRow]
+"""A card and the claim key of its call: stored only if that key is held (None: no claim needed)."""
+
+
 class HookRowWriter(Protocol):
-    def write(self, claims: dict[str, datetime], cards: Sequence[CardRow], now: datetime) -> set[str]:
+    def write(self, claims: dict[str, datetime], cards: Sequence[ClaimedCard], now: datetime) -> set[str]:
         """Commit claims (key -> expiry) and card rows together; returns the keys now held."""
         ...
 
@@ -110,14 +115,27 @@ class PostgresHookRows:
             self._fairy, self._connection = fairy, connection
         return self._connection
 
-    def write(self, claims: dict[str, datetime], cards: Sequence[CardRow], now: datetime) -> set[str]:
+    def write(self, claims: dict[str, datetime], cards: Sequence[ClaimedCard], now: datetime) -> set[str]:
         connection = self._driver()
         # Each side of the batch travels as one JSON parameter: encoded by orjson in C, where
         # psycopg's array adapter escapes every element's quotes in Python.
         params = {
             "now": now,
             "claims": orjson.dumps([{"key": k, "expires_at": e} for k, e in claims.items()]).decode(),
-            "cards": orjson.dumps(cards).decode(),  # orjson encodes dataclasses natively
+            "cards": orjson.dumps(
+                [
+                    {
+                        "claim_key": key,
+                        "uuid": c.uuid,
+                        "service_id": c.service_id,
+                        "hook_instance": c.hook_instance,
+                        "patient_id": c.patient_id,
+                        "report_id": c.report_id,
+                        "payload": c.payload,
+                    }
+                    for key, c in cards
+                ]
+            ).decode(),
         }
         try:
             if self.purge.due():
@@ -139,14 +157,15 @@ class SqliteHookRows:
         self._engine = engine
         self.purge = _PurgeClock(purge_every_s)
 
-    def write(self, claims: dict[str, datetime], cards: Sequence[CardRow], now: datetime) -> set[str]:
+    def write(self, claims: dict[str, datetime], cards: Sequence[ClaimedCard], now: datetime) -> set[str]:
         with self._engine.begin() as conn:
             if self.purge.due():
                 conn.execute(delete(SeenJwtId).where(SeenJwtId.expires_at < now))
             accepted: set[str] = set()
             if claims:
                 accepted = set(conn.scalars(_sqlite_upsert(claims, now)))
-            if cards:
+            kept = [c for key, c in cards if key is None or key in accepted]
+            if kept:
                 conn.execute(
                     insert(Card.__table__),  # type: ignore[arg-type]
                     [
@@ -159,7 +178,7 @@ class SqliteHookRows:
                             "payload": c.payload,
                             "created_at": now,
                         }
-                        for c in cards
+                        for c in kept
                     ],
                 )
         return accepted

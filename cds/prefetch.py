@@ -12,7 +12,7 @@ need it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -89,8 +89,19 @@ class PrefetchFetcher:
         self._http = http
         self.timeout_s = timeout_s
 
-    async def resolve(self, request: HookRequest, templates: Mapping[str, str]) -> ResolvedPrefetch:
-        """Raises ``CdsError(412)`` when data is missing and the call gives no way to fetch it."""
+    async def resolve(
+        self,
+        request: HookRequest,
+        templates: Mapping[str, str],
+        *,
+        before_fetch: Callable[[], Awaitable[None]] | None = None,
+    ) -> ResolvedPrefetch:
+        """Raises ``CdsError(412)`` when data is missing and the call gives no way to fetch it.
+
+        ``before_fetch`` runs once before the first request to the FHIR server, and may refuse the call
+        by raising (the hook path settles the token's replay check there, so a replayed call never
+        reaches the EHR's FHIR server).
+        """
         result = ResolvedPrefetch()
         sent = request.prefetch or {}
         missing: dict[str, str] = {}
@@ -112,6 +123,8 @@ class PrefetchFetcher:
                 "Prefetch is missing " + ", ".join(sorted(missing)) + " and the call carries no "
                 "fhirServer with fhirAuthorization to fetch it",
             )
+        if before_fetch is not None:
+            await before_fetch()
         base, token = request.fhirServer, request.fhirAuthorization.access_token
         keys = list(missing)
         outcomes = await asyncio.gather(*(self._fetch(base, missing[k], token) for k in keys))

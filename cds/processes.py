@@ -20,9 +20,17 @@ from cds.composition import Components
 
 def build_api_server(components: Components) -> uvicorn.Server:
     from cds.app import create_app
+    from cds.observability.instrument import instrument_api
+    from integrations.ops.queue_depth import queue_depths
 
     settings = components.settings
     app = create_app(settings, session_factory=components.session_factory, ledger=components.ledger)
+    instrument_api(
+        app,
+        engine=components.engine,
+        ledger_size=components.ledger.size,
+        queue_depths=lambda: queue_depths(components.celery),
+    )
     config = uvicorn.Config(
         app, host=settings.api_host, port=settings.api_port, log_level="warning", access_log=False
     )

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     fhir_base_url: str | None = None
     fhir_timeout_s: float = 10.0
     model_path: Path | None = None
+    # Let the agent rank rare diseases from HPO phenotypes (loads the HPO ontology once per worker).
+    agent_knowledge_tools: bool = True
+    # Structured JSON logs (patient data filtered out) and OpenTelemetry spans to a file.
+    log_json: bool = False
+    trace_file: Path | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     public_base_url: str | None = None

@@ -32,6 +32,8 @@ class WorkerRuntime:
     model: ModelConfig
     spool_dir: Path
     enqueue_writeback: Callable[[str], None] | None = None
+    # HPO terms and the rare-disease ranker for the agent (the ontology costs ~25 s CPU to load once).
+    knowledge_tools: bool = True
     # Seconds between worker heartbeats in the database (integrations.ops.health).
     heartbeat_interval_s: float = 10.0
     _vlm: LoadedVlm | None = field(default=None, repr=False)

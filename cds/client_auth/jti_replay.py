@@ -10,6 +10,7 @@ Claims go through a ``GroupCommitWriter``, so the claims of concurrent calls sha
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,6 +19,14 @@ from cds.group_commit import GroupCommitWriter
 
 MAX_KEY_CHARS = 512
 """The column's width: longer ``iss`` + ``jti`` pairs are cut (both are bounded by the token size)."""
+
+
+@dataclass(frozen=True)
+class JtiClaim:
+    """A verified token's ``iss`` + ``jti`` as stored, and until when it is held."""
+
+    key: str
+    expires_at: datetime
 
 
 class JtiReplayCache:
@@ -31,9 +40,13 @@ class JtiReplayCache:
         writer.purge_every_s = self.purge_every_s
         self._writer = writer
 
-    async def first_use(self, iss: str, jti: str, expires_at: datetime) -> bool:
+    @staticmethod
+    def claim_for(iss: str, jti: str, expires_at: datetime) -> JtiClaim:
+        return JtiClaim(f"{iss}\x1f{jti}"[:MAX_KEY_CHARS], expires_at)
+
+    async def first_use(self, claim: JtiClaim) -> bool:
         """Record the token; False when the same ``iss`` + ``jti`` was seen and has not expired."""
         if self._writer is None:
             self._writer = GroupCommitWriter.for_sessions(self._session_factory, ledger=None)
             self._writer.purge_every_s = self.purge_every_s
-        return await self._writer.claim_jti(f"{iss}\x1f{jti}"[:MAX_KEY_CHARS], expires_at)
+        return await self._writer.claim_jti(claim.key, claim.expires_at)

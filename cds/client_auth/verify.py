@@ -18,7 +18,7 @@ import jwt
 from jwt.algorithms import get_default_algorithms
 
 from cds.client_auth.compact_jws import CompactJws, MalformedJws, parse_compact_jws
-from cds.client_auth.jti_replay import JtiReplayCache
+from cds.client_auth.jti_replay import JtiClaim, JtiReplayCache
 from cds.client_auth.jwks_cache import JwksCache, JwksUnavailable
 from cds.client_auth.trusted_issuers import TrustedIssuer, TrustedIssuers
 
@@ -26,6 +26,7 @@ ALLOWED_ALGORITHMS = frozenset({"ES384", "RS384", "ES256", "RS256"})
 SIGNATURES = {name: get_default_algorithms()[name] for name in ALLOWED_ALGORITHMS}
 """PyJWT's signature algorithms (raw ECDSA signatures converted to DER, RSASSA-PKCS1-v1_5)."""
 KEY_TYPE_FOR = {"ES": "EC", "RS": "RSA"}
+REPLAY = "token jti was already used (replay)"
 
 
 class InvalidClientToken(Exception):
@@ -65,6 +66,17 @@ class ClientTokenVerifier:
 
     async def verify(self, authorization: str | None, audience: str) -> CdsClient:
         """Raises ``InvalidClientToken`` (401) or ``UntrustedClient`` (403)."""
+        client, claim = await self.verify_unclaimed(authorization, audience)
+        if not await self.replay.first_use(claim):
+            raise InvalidClientToken(REPLAY)
+        return client
+
+    async def verify_unclaimed(self, authorization: str | None, audience: str) -> tuple[CdsClient, JtiClaim]:
+        """Every check but the replay one: the caller holds the returned claim before it answers.
+
+        The hook path submits the claim with its cards and audit entry, one write per call; whoever
+        does so must treat a claim that is not held as ``InvalidClientToken(REPLAY)``.
+        """
         jws = _parse(_bearer(authorization))
         header = _checked_header(jws.header)
         alg, kid = header["alg"], header["kid"]
@@ -80,13 +92,11 @@ class ClientTokenVerifier:
             raise InvalidClientToken("token rejected: signature verification failed")
         claims = self._checked_claims(jws.claims, audience)
         expires_at = datetime.fromtimestamp(float(claims["exp"]) + self.leeway_s, UTC)
-        first = await self.replay.first_use(iss, str(claims["jti"]), expires_at)
-        if not first:
-            raise InvalidClientToken("token jti was already used (replay)")
         tenant = claims.get("tenant")
-        return CdsClient(
+        client = CdsClient(
             iss=iss, kid=kid, jti=str(claims["jti"]), tenant=tenant if isinstance(tenant, str) else None
         )
+        return client, self.replay.claim_for(iss, client.jti, expires_at)
 
     async def _find_key(self, issuer: TrustedIssuer, header: dict[str, Any]) -> dict[str, Any] | None:
         kid, jku = header["kid"], header.get("jku")

@@ -15,12 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
+from integrations.analysis.agent_tools import study_tool_registries
 from integrations.analysis.patient_context import read_context_for_study
 from integrations.analysis.report_markdown import overall_severity, render_report_markdown, summarise
 from integrations.dicom.study_files import study_instance_paths
 from integrations.store.models import Analysis, Report, Study
+from integrations.tools.rare_disease_signals import signals_from_trace
 from integrations.worker_runtime import WorkerRuntime
 from model.context import PatientContext
+from model.tools import ToolRegistry
 from model.trace import TraceStep
 from model.verification import VerifiedReport, verify_report
 
@@ -47,22 +50,28 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
             return existing
         study = session.get(Study, analysis.study_id)
         assert study is not None
+        study_uid, dicom_patient_id = study.study_uid, study.patient_id
+        paths = study_instance_paths(session, analysis_id, runtime.spool_dir)
+        # Audited before the status changes: a kill in between leaves an audited start, never a silent one.
+        ledger = runtime.ledger
+        ledger.append(
+            "analysis.started",
+            ACTOR,
+            {"analysis_id": analysis_id, "instances": len(paths), "attempt": analysis.attempts + 1},
+            study_uid=study_uid,
+        )
         analysis.status, analysis.started_at = "running", datetime.now(UTC)
         analysis.attempts += 1
         session.commit()
-        study_uid, dicom_patient_id = study.study_uid, study.patient_id
-        paths = study_instance_paths(session, analysis_id, runtime.spool_dir)
-
-    ledger = runtime.ledger
-    ledger.append(
-        "analysis.started",
-        ACTOR,
-        {"analysis_id": analysis_id, "instances": len(paths)},
-        study_uid=study_uid,
-    )
     started = time.perf_counter()
 
-    chosen = select_frames(paths, runtime.model.max_images)
+    present = [path for path in paths if path.is_file()]
+    chosen = select_frames(present, runtime.model.max_images)
+    if not chosen:
+        # Nothing the model can look at (files gone, or no image objects): a draft from no images would
+        # be a report about nothing, so the analysis fails visibly instead.
+        mark_failed(runtime, analysis_id, f"no readable images ({len(present)}/{len(paths)} on disk)")
+        return None
     images = [load_model_image(path, frame=frame) for path, frame in chosen]
     study_context = read_context_for_study(runtime, dicom_patient_id, study_uid)
     context, patient_ref = study_context.context, study_context.patient_ref
@@ -71,7 +80,11 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
         steps.append(step.model_dump(mode="json"))
 
     steps: list[dict[str, Any]] = []
-    result, images = _draft_within_memory(runtime, images, context, record_step)
+    with study_tool_registries(
+        runtime, context.patient_id, paths, patient_matched=patient_ref is not None
+    ) as make_registry:
+        result, images = _draft_within_memory(runtime, images, context, make_registry, record_step)
+    tool_evidence_ids = [item.id for item in result.tool_evidence]
     identity = result.identity.model_dump(mode="json")
     ledger.append(
         "model.invoked",
@@ -82,13 +95,17 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
             "prompt_sha256": result.prompt_sha256,
             "images": [image.ref.citation_id for image in images],
             "evidence": [item.id for item in context.evidence],
+            "tool_evidence": tool_evidence_ids,
         },
         patient_ref=patient_ref,
         study_uid=study_uid,
     )
 
     verified = verify_report(
-        result.report, context.evidence, [image.ref for image in images], study_context.facts
+        result.report,
+        [*context.evidence, *result.tool_evidence],
+        [*(image.ref for image in images), *result.tool_image_refs],
+        {**study_context.facts, **result.tool_facts},
     )
     report = verified.report
     body = report_body(verified)
@@ -124,11 +141,13 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
         "model": identity,
         "prompt_sha256": result.prompt_sha256,
         "evidence": [item.model_dump(mode="json") for item in context.evidence],
+        "tool_evidence": [item.model_dump(mode="json") for item in result.tool_evidence],
         "images": [image.ref.model_dump(mode="json") for image in images],
         "steps": steps,
         "report": body,
         "elapsed_s": round(time.perf_counter() - started, 3),
     }
+    body["signals"] = signals_from_trace(trace)
     with runtime.session_factory() as session:
         # A newer analysis of the same study supersedes every older draft of it.
         session.execute(
@@ -186,17 +205,19 @@ def _draft_within_memory(
     runtime: WorkerRuntime,
     images: list[ModelImage],
     context: PatientContext,
+    make_registry: Callable[[], ToolRegistry],
     record_step: Callable[[TraceStep], None],
 ) -> tuple[DraftResult, list[ModelImage]]:
     """A study that does not fit on the GPU is retried with half the images, down to one, not crashed."""
     import torch
 
+    from model.agent import run_agent
     from model.batching import StudyTooLarge
-    from model.draft import draft_report
 
     while True:
         try:
-            return draft_report(runtime.vlm(), images, context, step_sink=record_step), images
+            result = run_agent(runtime.vlm(), images, context, make_registry(), step_sink=record_step)
+            return result, images
         except (StudyTooLarge, torch.OutOfMemoryError):
             if len(images) <= 1:
                 raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from integrations.store.config import StoreConfig
 
@@ -29,5 +29,5 @@ def make_engine(config: StoreConfig) -> Engine:
     return create_engine(config.database_url, echo=config.echo_sql, pool_pre_ping=True, pool_size=10)
 
 
-def make_session_factory(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)

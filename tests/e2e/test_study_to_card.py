@@ -87,6 +87,8 @@ def settings(
         "VERITRACE_API_PORT": str(free_port()),
         "VERITRACE_DICOM_PORT": str(free_port()),
         "VERITRACE_STABLE_AGE": "1",
+        # The HPO ontology (~25 s CPU per worker) is exercised by tests/unit/test_tools_hpo.py.
+        "VERITRACE_AGENT_KNOWLEDGE_TOOLS": "false",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

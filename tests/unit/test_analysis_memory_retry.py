@@ -22,7 +22,9 @@ class _Runtime:
 
 
 def _fake_draft(fits: int, calls: list[int]) -> Any:
-    def draft(_vlm: object, images: list[str], _context: object, step_sink: Any = None) -> str:
+    def draft(
+        _vlm: object, images: list[str], _context: object, _registry: object, step_sink: Any = None
+    ) -> str:
         calls.append(len(images))
         if len(images) > fits:
             raise StudyTooLarge("does not fit")
@@ -34,26 +36,35 @@ def _fake_draft(fits: int, calls: list[int]) -> Any:
 def test_halves_images_until_the_study_fits(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     steps: list[TraceStep] = []
-    monkeypatch.setattr("model.draft.draft_report", _fake_draft(fits=2, calls=calls))
+    registries: list[object] = []
+
+    def make_registry() -> object:
+        registries.append(object())  # each attempt must start with a fresh tool budget
+        return registries[-1]
+
+    monkeypatch.setattr("model.agent.run_agent", _fake_draft(fits=2, calls=calls))
     result, images = pipeline._draft_within_memory(
         _Runtime(),  # type: ignore[arg-type]
         ["a", "b", "c", "d", "e", "f", "g", "h"],  # type: ignore[list-item]
         PatientContext(patient_id="p"),
+        make_registry,  # type: ignore[arg-type]
         steps.append,
     )
     assert calls == [8, 4, 2]
+    assert len(registries) == len(set(map(id, registries))) == 3
     assert (result, images) == ("drafted with 2", ["a", "b"])
     assert [s.detail["images"] for s in steps if s.kind == "memory_retry"] == [4, 2]
 
 
 def test_a_single_image_that_does_not_fit_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    monkeypatch.setattr("model.draft.draft_report", _fake_draft(fits=0, calls=calls))
+    monkeypatch.setattr("model.agent.run_agent", _fake_draft(fits=0, calls=calls))
     with pytest.raises(StudyTooLarge):
         pipeline._draft_within_memory(
             _Runtime(),  # type: ignore[arg-type]
             ["a", "b", "c"],  # type: ignore[list-item]
             PatientContext(patient_id="p"),
+            lambda: None,  # type: ignore[arg-type,return-value]
             lambda _step: None,
         )
     assert calls == [3, 1]
