@@ -1,14 +1,15 @@
 """CDS Hooks load benchmark: 50 concurrent EHR clients calling ``patient-view`` with signed JWTs and full
 prefetch, against a bare FastAPI endpoint returning a fixed card, in the same run.
 
-Both servers are uvicorn (uvloop + httptools, one worker, access log off) on this machine; the load
-generator is ``wrk`` (apt package) with a Lua script that sends a distinct pre-signed ES384 token per
-request (each ``jti`` is accepted once, so tokens are never reused) and the same body to both servers,
-so the client does identical work for each. The Veritrace path is the real one: JWT verification with
-the replay cache in the database, prefetch resolution, the stored draft reports of the patient (2
-cards), card rows written, one audit-ledger entry per call.
+Both servers are uvicorn (uvloop + httptools, the same number of workers, access log off) on this
+machine; the load generator is ``wrk`` (apt package) with a Lua script that sends a distinct
+pre-signed ES384 token per request (each ``jti`` is accepted once, so tokens are never reused) and the
+same body to both servers, so the client does identical work for each. The Veritrace path is the real
+one: JWT verification with the replay cache in the database, prefetch resolution, the stored draft
+reports of the patient (2 cards), card rows written, one audit-ledger entry per call.
 
-Run: ``.venv/bin/python bench/hooks_patient_view.py [--duration 10] [--sqlite] [--write]``; ``--write``
+Run: ``.venv/bin/python bench/hooks_patient_view.py [--duration 10] [--workers 1] [--sqlite] [--write]``
+(``--workers`` applies to both servers, so the comparison stays like for like); ``--write``
 replaces the "CDS Hooks" section of ``bench/RESULTS.md``. Targets (issue 4): p99 <= 2x the bare
 endpoint's and < 50 ms; throughput >= 50% of the bare endpoint's.
 """
@@ -155,7 +156,7 @@ def hook_body() -> dict[str, Any]:
     }
 
 
-def start(factory: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start(factory: str, port: int, env: dict[str, str], workers: int = 1) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -176,6 +177,8 @@ def start(factory: str, port: int, env: dict[str, str]) -> subprocess.Popen[byte
             "--no-access-log",
             "--log-level",
             "warning",
+            "--workers",
+            str(workers),
         ],
         env={**os.environ, **env},
         cwd=ROOT,
@@ -229,6 +232,9 @@ def main() -> None:
     parser.add_argument(
         "--tokens", type=int, default=0, help="pre-signed tokens (default: enough for 3000 rps)"
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes, the same for both servers"
+    )
     parser.add_argument("--sqlite", action="store_true", help="use SQLite instead of PostgreSQL")
     parser.add_argument(
         "--write", action="store_true", help="replace the CDS Hooks section of bench/RESULTS.md"
@@ -266,8 +272,8 @@ def main() -> None:
             "VT_BENCH_ISSUERS_FILE": str(issuers),
             "VT_BENCH_PUBLIC_URL": public,
         }
-        processes.append(start("hooks_apps:bare_app", bare_port, env))
-        processes.append(start("hooks_apps:veritrace_app", vt_port, env))
+        processes.append(start("hooks_apps:bare_app", bare_port, env, args.workers))
+        processes.append(start("hooks_apps:veritrace_app", vt_port, env, args.workers))
         # Sanity: one real call answers the seeded cards.
         probe = httpx.post(
             public + SERVICE,
@@ -276,6 +282,7 @@ def main() -> None:
         )
         assert probe.status_code == 200 and len(probe.json()["cards"]) == 2, probe.text
         results = {}
+        loads = [os.getloadavg()[0]]
         for name, port in (("bare FastAPI, fixed card", bare_port), ("Veritrace patient-view", vt_port)):
             results[name] = run_wrk(
                 f"http://127.0.0.1:{port}{SERVICE}",
@@ -284,7 +291,8 @@ def main() -> None:
                 home / "body.json",
                 args,
             )
-        report(results, args, "SQLite" if args.sqlite else "PostgreSQL")
+            loads.append(os.getloadavg()[0])
+        report(results, args, "SQLite" if args.sqlite else "PostgreSQL", loads)
     finally:
         for process in processes:
             process.terminate()
@@ -295,14 +303,18 @@ def main() -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def report(results: dict[str, dict[str, float]], args: argparse.Namespace, database: str) -> None:
+def report(
+    results: dict[str, dict[str, float]], args: argparse.Namespace, database: str, loads: list[float]
+) -> None:
     bare, ours = results["bare FastAPI, fixed card"], results["Veritrace patient-view"]
     lines = [
         "## CDS Hooks",
         "",
         f"Produced by `bench/hooks_patient_view.py{' --sqlite' if args.sqlite else ''} --write`: wrk, "
-        f"{args.connections} connections, {args.threads} threads, {args.duration} s per server, one uvicorn "
-        f"worker each, {database}, {os.cpu_count()} CPUs ({platform.machine()}), shared with other work. "
+        f"{args.connections} connections, {args.threads} threads, {args.duration} s per server, "
+        f"{args.workers} uvicorn worker(s) for each server, {database}, {os.cpu_count()} CPUs "
+        f"({platform.machine()}), shared with other work: 1-minute load average "
+        f"{' / '.join(f'{load:.1f}' for load in loads)} (before / after bare / after Veritrace). "
         "Each Veritrace request: a distinct ES384 JWT verified (jti replay cache in the database), full "
         "prefetch (final reports + imaging studies), 2 draft cards built, stored, and one audit-ledger "
         "entry.",

@@ -199,3 +199,38 @@ def test_audit_needs_a_ledger(store: Store) -> None:
 def test_bad_batch_size_is_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="max_batch"):
         GroupCommitWriter(store.engine, store.ledger, max_batch=0)
+
+
+def test_a_whole_call_commits_only_if_its_claim_holds(store: Store) -> None:
+    """Claim, cards and audit entry in one submission: a replay stores no card, logs its refusal."""
+    writer = _writer(store)
+    report = seed_report(store, patient_id="p-gc")
+    before = store.ledger.size()
+    first, second, unclaimed = _card(report.id), _card(report.id), _card(report.id)
+
+    def call(card: CardRow, claim: tuple[str, datetime] | None, n: int) -> Coroutine[Any, Any, bool]:
+        return writer.commit_call(
+            claim=claim,
+            cards=[card],
+            audit=_entry(n),
+            audit_if_replay=EntryDraft(kind="cds.hook", actor="cds-client:test", payload={"replay": n}),
+        )
+
+    async def race() -> list[bool]:
+        claim = ("iss\x1fwhole", _later())
+        return list(
+            await asyncio.gather(call(first, claim, 1), call(second, claim, 2), call(unclaimed, None, 3))
+        )
+
+    held = asyncio.run(race())
+    assert held == [True, False, True]
+    with store.session_factory() as session:
+        assert set(session.scalars(select(Card.uuid))) == {first.uuid, unclaimed.uuid}
+    payloads = [store.ledger.entry(i).payload for i in range(before, store.ledger.size())]
+    assert sorted(map(str, payloads)) == sorted(map(str, [{"n": 1}, {"replay": 2}, {"n": 3}]))
+    # Across writers (replicas) too: the database already holds the key.
+    other = _writer(store)
+    late = _card(report.id)
+    assert asyncio.run(other.commit_call(claim=("iss\x1fwhole", _later()), cards=[late])) is False
+    with store.session_factory() as session:
+        assert session.scalar(select(Card.uuid).where(Card.uuid == late.uuid)) is None
