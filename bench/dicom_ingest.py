@@ -201,7 +201,7 @@ def run_ours(
             seconds, cpu = timed_push(child.pid, port, "VERITRACE", folder)
             rows.append(
                 Row(
-                    "Veritrace SCP" + ("" if fsync else " (no fsync)"),
+                    "Veritrace SCP" + (" (fsync)" if fsync else " (no fsync)"),
                     name,
                     len(list(folder.iterdir())),
                     seconds,
@@ -370,7 +370,7 @@ def main() -> None:
     by = {(r.target, r.dataset): r for r in rows}
     for name in folders:
         ref, orth = by.get(("dcmtk storescp", name)), by.get(("Orthanc", name))
-        for ours_name in ("Veritrace SCP", "Veritrace SCP (no fsync)"):
+        for ours_name in ("Veritrace SCP (fsync)", "Veritrace SCP (no fsync)"):
             ours_row = by.get((ours_name, name))
             if ours_row and ref:
                 ratio = f"{ours_row.per_s / ref.per_s:.2f}x storescp"
