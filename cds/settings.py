@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     fhir_base_url: str | None = None
     fhir_timeout_s: float = 10.0
     model_path: Path | None = None
+    # Cap on tokens of one generated report; None keeps the runtime's default (room for a whole report).
+    model_max_new_tokens: int | None = None
     # Let the agent rank rare diseases from HPO phenotypes (loads the HPO ontology once per worker).
     agent_knowledge_tools: bool = True
     # Structured JSON logs (patient data filtered out) and OpenTelemetry spans to a file.
@@ -140,7 +142,9 @@ class Settings(BaseSettings):
         return FhirConfig(base_url=self.fhir_base_url, timeout_s=self.fhir_timeout_s)
 
     def model_settings(self) -> ModelConfig:
-        return ModelConfig(path=self.resolved_model_path)
+        if self.model_max_new_tokens is None:
+            return ModelConfig(path=self.resolved_model_path)
+        return ModelConfig(path=self.resolved_model_path, max_new_tokens=self.model_max_new_tokens)
 
     def ledger_config(self) -> LedgerConfig:
         home = self.resolved_home

@@ -18,5 +18,7 @@ class ModelConfig(BaseModel):
     path: Path | None = None
     device: str = "auto"
     allow_remote_code: bool = False
-    max_new_tokens: int = Field(default=96, ge=1, le=8192)
+    # Room for a whole report at the schema's bounds (statements x text + citations); generation stops
+    # at the closing brace, so the cap costs nothing when the report is shorter.
+    max_new_tokens: int = Field(default=4096, ge=1, le=8192)
     max_images: int = Field(default=4, ge=1, le=64)

@@ -86,9 +86,11 @@ def report_schema(ids: Sequence[str]) -> dict[str, Any]:
         "additionalProperties": False,
     }
     statements = {"type": "array", "items": statement, "maxItems": MAX_STATEMENTS}
+    # A report always states its findings, if only "no acute abnormality"; the impression may be empty.
+    findings = {**statements, "minItems": 1}
     return {
         "type": "object",
-        "properties": {"findings": statements, "impression": statements},
+        "properties": {"findings": findings, "impression": statements},
         "required": ["findings", "impression"],
         "additionalProperties": False,
     }

@@ -18,6 +18,17 @@ PG_ADMIN_DSN = os.environ.get("VERITRACE_TEST_PG_DSN", "host=127.0.0.1 port=5432
 RABBIT_URL = os.environ.get("VERITRACE_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _short_generations() -> Iterator[None]:
+    """Untrained tiny models fill every string of the report schema to its maximum, which takes a CPU
+    minute per report at the production cap; tests that spawn workers only need the path, so they get a
+    short cap (a cut-off report is parsed as empty and traced). The demo keeps the production default."""
+    previous = os.environ.setdefault("VERITRACE_MODEL_MAX_NEW_TOKENS", "384")
+    yield
+    if previous == "384":
+        os.environ.pop("VERITRACE_MODEL_MAX_NEW_TOKENS", None)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
