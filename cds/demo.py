@@ -16,6 +16,7 @@ from typing import Any
 from pydicom import dcmread
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from sqlalchemy import select
@@ -65,10 +66,13 @@ def _wait_for_report(
 
 def _print_card(console: Console, response: dict[str, Any]) -> None:
     for card in response.get("cards", []):
-        body = f"[b]{card['summary']}[/b]\n\n{card.get('detail', '')}"
-        links = "\n".join(f"→ {link['label']}: {link['url']}" for link in card.get("links", []))
+        body = f"[b]{escape(card['summary'])}[/b]\n\n{escape(card.get('detail', ''))}"
+        links = "\n".join(escape(f"→ {link['label']}: {link['url']}") for link in card.get("links", []))
         console.print(
-            Panel(f"{body}\n\n{links}", title=f"CDS card · {card['indicator']} · {card['source']['label']}")
+            Panel(
+                f"{body}\n\n{links}",
+                title=escape(f"CDS card · {card['indicator']} · {card['source']['label']}"),
+            )
         )
 
 

@@ -161,7 +161,7 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
             study_uid=study_uid,
             status="draft",
             severity=overall_severity(report),
-            summary=summarise(report),
+            summary=summarise(report, rejected=len(verified.rejected)),
             body=body,
             markdown=markdown,
             untrained_model=report.untrained_model,

@@ -52,9 +52,13 @@ def overall_severity(report: DraftReport) -> str:
     return max(levels, key=SEVERITY_ORDER.index) if levels else "normal"
 
 
-def summarise(report: DraftReport) -> str:
-    """Card summary: under 140 characters, as CDS Hooks requires."""
-    prefix = "AI draft (untrained model)" if report.untrained_model else "AI draft report"
+def summarise(report: DraftReport, *, rejected: int = 0) -> str:
+    """The card's text after its "AI draft (severity)" head: the lead statement, or why there is none."""
     statements = report.impression or report.findings
-    text = f"{prefix}: {statements[0].text.strip()}" if statements else f"{prefix} ready for review"
-    return text if len(text) <= 139 else text[:138] + "…"
+    if statements:
+        text = statements[0].text.strip()
+    elif rejected:
+        text = f"no statement survived evidence verification ({rejected} removed)"
+    else:
+        text = "no findings drafted"
+    return text if len(text) <= 120 else text[:119] + "…"
