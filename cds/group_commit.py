@@ -54,6 +54,10 @@ class _Work:
     done: concurrent.futures.Future[bool] = field(default_factory=concurrent.futures.Future)
 
 
+_STOP = _Work()
+"""Queued by ``close``: the writer commits what came before it and leaves."""
+
+
 class GroupCommitWriter:
     """Batches hook-path writes; safe to share between event loops and threads.
 
@@ -129,6 +133,19 @@ class GroupCommitWriter:
                 self._thread = threading.Thread(target=self._run, name="cds-group-commit", daemon=True)
                 self._thread.start()
 
+    def close(self) -> None:
+        """Commit what is queued, then stop the thread and close the writer's connection.
+
+        For an orderly shutdown (app lifespan); a writer that is never closed still lets go of its
+        thread and connection after ``idle_exit_s`` without work. Submitting later starts it again.
+        """
+        with self._lock:
+            thread = self._thread
+            if thread is None:
+                return
+            self._queue.put(_STOP)
+        thread.join()
+
     def _run(self) -> None:
         while True:
             try:
@@ -136,16 +153,40 @@ class GroupCommitWriter:
             except queue.Empty:
                 with self._lock:  # a submitter puts, then checks under this lock: nothing is stranded
                     if self._queue.empty():
-                        self._thread = None
+                        self._stop()
                         return
                 continue
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
+            batch: list[_Work] = []
+            item: _Work | None = first
+            while item is not None:
+                if item is _STOP:
+                    if batch:
+                        self._commit(batch)
+                        batch = []
+                    with self._lock:  # work queued after the stop keeps the thread (see _ensure_running)
+                        if self._queue.empty():
+                            self._stop()
+                            return
                     break
-            self._commit(batch)
+                batch.append(item)
+                if len(batch) >= self.max_batch:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            if batch:
+                self._commit(batch)
+
+    def _stop(self) -> None:
+        """Called by the writer thread, under the lock, as it leaves."""
+        self._thread = None
+        rows, self._rows = self._rows, None
+        if rows is not None:
+            try:
+                rows.close()
+            except Exception as exc:  # closing a broken connection must not keep the thread alive
+                log.warning("closing the group-commit connection failed: %s", type(exc).__name__)
 
     def _commit(self, batch: list[_Work]) -> None:
         winners: dict[str, _Work] = {}

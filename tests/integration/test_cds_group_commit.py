@@ -187,6 +187,7 @@ def test_writer_thread_leaves_when_idle_and_returns(store: Store) -> None:
     while writer._thread is not None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert writer._thread is None
+    assert writer._rows is None  # its connection went with it
     assert asyncio.run(writer.claim_jti("iss\x1fidle-2", _later())) is True
 
 
@@ -234,3 +235,20 @@ def test_a_whole_call_commits_only_if_its_claim_holds(store: Store) -> None:
     assert asyncio.run(other.commit_call(claim=("iss\x1fwhole", _later()), cards=[late])) is False
     with store.session_factory() as session:
         assert session.scalar(select(Card.uuid).where(Card.uuid == late.uuid)) is None
+
+
+def test_close_commits_what_is_queued_and_a_later_call_restarts(store: Store) -> None:
+    writer = _writer(store)
+
+    async def queue_then_close() -> list[bool]:
+        calls = [asyncio.ensure_future(writer.claim_jti(f"iss\x1fq{n}", _later())) for n in range(10)]
+        await asyncio.sleep(0)  # all ten are queued
+        await asyncio.to_thread(writer.close)
+        return list(await asyncio.gather(*calls))
+
+    assert asyncio.run(queue_then_close()) == [True] * 10
+    assert writer._thread is None and writer._rows is None  # connection closed with the thread
+    assert asyncio.run(writer.claim_jti("iss\x1fafter", _later())) is True
+    writer.close()
+    writer.close()  # closing a stopped writer is a no-op
+    assert _count(store, SeenJwtId) == 11
