@@ -44,25 +44,53 @@ class DraftReportCache:
         self.max_patients = max_patients
         self._entries: OrderedDict[str, tuple[float, tuple[Report, ...]]] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Event] = {}
         self.misses = 0
+        """Queries made (for tests and the benchmark)."""
 
     def drafts(self, patient_id: str) -> tuple[Report, ...]:
-        """The patient's current drafts, newest first, as of at most ``ttl_s`` seconds ago."""
+        """The patient's current drafts, newest first, as of at most ``ttl_s`` seconds ago.
+
+        One query per patient at a time: calls that find the entry expired while another call is
+        reading it get the previous list (older by at most that one query), and calls with no entry
+        yet wait for it, so an expiry under load is one query, not one per waiting call.
+        """
         now = time.monotonic()
         with self._lock:
             entry = self._entries.get(patient_id)
             if entry is not None and now - entry[0] < self.ttl_s:
                 self._entries.move_to_end(patient_id)
                 return entry[1]
-        with self._session_factory() as session:
-            found = tuple(current_drafts(session, patient_id=patient_id))
-        with self._lock:
-            self.misses += 1
-            self._entries[patient_id] = (now, found)
-            self._entries.move_to_end(patient_id)
-            while len(self._entries) > self.max_patients:
-                self._entries.popitem(last=False)
-        return found
+            loading = self._loading.get(patient_id)
+            if loading is None:
+                loading = self._loading[patient_id] = threading.Event()
+                loader = True
+            else:
+                loader = False
+        if not loader:
+            if entry is not None:
+                return entry[1]
+            loading.wait()
+            with self._lock:
+                entry = self._entries.get(patient_id)
+            if entry is not None:
+                return entry[1]
+            # The loading call failed: read for ourselves (and fail the same way if the database does).
+        try:
+            with self._session_factory() as session:
+                found = tuple(current_drafts(session, patient_id=patient_id))
+            with self._lock:
+                self.misses += 1
+                self._entries[patient_id] = (now, found)
+                self._entries.move_to_end(patient_id)
+                while len(self._entries) > self.max_patients:
+                    self._entries.popitem(last=False)
+            return found
+        finally:
+            if loader:
+                with self._lock:
+                    self._loading.pop(patient_id, None)
+                loading.set()
 
     def clear(self) -> None:
         with self._lock:

@@ -8,7 +8,9 @@ the writer is covered in ``test_cds_group_commit.py`` and ``test_cds_contract.py
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -125,3 +127,23 @@ def test_draft_cache_bounds_and_arguments(store: Store) -> None:
         DraftReportCache(store.session_factory, ttl_s=-1)
     with pytest.raises(ValueError, match="max_patients"):
         DraftReportCache(store.session_factory, max_patients=0)
+
+
+def test_draft_cache_reads_once_per_expiry_under_concurrent_calls(store: Store) -> None:
+    seed_report(store, patient_id="busy")
+    cache = DraftReportCache(store.session_factory, ttl_s=0.2)
+    start = threading.Barrier(20)
+
+    def call() -> int:
+        start.wait()
+        return len(cache.drafts("busy"))
+
+    with ThreadPoolExecutor(20) as pool:
+        assert list(pool.map(lambda _: call(), range(20))) == [1] * 20
+        assert cache.misses == 1  # the others waited for the first read
+        time.sleep(0.25)
+        seed_report(store, patient_id="busy")
+        counts = list(pool.map(lambda _: call(), range(20)))
+    assert cache.misses == 2
+    assert set(counts) <= {1, 2} and counts.count(2) >= 1  # the expired list, or the re-read one
+    assert len(cache.drafts("busy")) == 2
