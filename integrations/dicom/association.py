@@ -247,7 +247,10 @@ class StoreAssociation:
         if pending is None or pending.context_id != pdv.context_id:
             raise pdu.PduError("data set fragment without a command that announced it")
         if pending.incoming is not None:
-            pending.incoming.write(pdv.data)
+            try:
+                pending.incoming.write(pdv.data)
+            except OSError as exc:
+                self._refuse_midway(pending, exc)
         if pdv.is_last:
             self._pending = None
             self._respond(pending.command, pending.context_id, self._complete(pending))
@@ -268,16 +271,29 @@ class StoreAssociation:
             LOG.warning("spool below free-space watermark; refusing an instance from %s", self.calling_ae)
             self._pending = _PendingStore(command, context_id, None, STATUS_OUT_OF_RESOURCES)
             return
-        incoming = self.receiver.spool.incoming()
-        incoming.write(
-            part10_header(
-                sop_class_uid=command.affected_sop_class or self._abstract.get(context_id, ""),
-                sop_instance_uid=command.affected_sop_instance or "",
-                transfer_syntax_uid=self._contexts[context_id],
-                source_ae=self.calling_ae,
+        pending = _PendingStore(command, context_id, None)
+        self._pending = pending
+        try:
+            pending.incoming = self.receiver.spool.incoming()
+            pending.incoming.write(
+                part10_header(
+                    sop_class_uid=command.affected_sop_class or self._abstract.get(context_id, ""),
+                    sop_instance_uid=command.affected_sop_instance or "",
+                    transfer_syntax_uid=self._contexts[context_id],
+                    source_ae=self.calling_ae,
+                )
             )
-        )
-        self._pending = _PendingStore(command, context_id, incoming)
+        except OSError as exc:
+            self._refuse_midway(pending, exc)
+
+    def _refuse_midway(self, pending: _PendingStore, exc: OSError) -> None:
+        """The spool write failed (ENOSPC, EIO): drop the partial file, read the rest of the data set
+        off the wire, and answer 0xA700; the association goes on and a later resend can succeed."""
+        LOG.error("spool write failed while receiving (%s); refusing the instance", type(exc).__name__)
+        if pending.incoming is not None:
+            pending.incoming.discard()
+        pending.incoming = None
+        pending.refusal = STATUS_OUT_OF_RESOURCES
 
     def _complete(self, pending: _PendingStore) -> int:
         if pending.refusal is not None or pending.incoming is None:

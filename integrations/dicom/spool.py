@@ -9,6 +9,7 @@ while written, fsynced, then renamed into place; a crash leaves at most a stray 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -169,9 +170,10 @@ class IncomingFile:
         return WrittenFile(self.path, self._hasher.hexdigest(), self._size)
 
     def discard(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+        out, self._out = self._out, None
+        if out is not None:
+            with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+                out.close()
         self.path.unlink(missing_ok=True)
 
 
