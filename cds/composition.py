@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from audit import Ledger
 from cds.settings import Settings
-from integrations.celery_app import ANALYSE_TASK, WRITEBACK_TASK, make_celery
+from integrations.celery_app import ANALYSE_TASK, SR_EXPORT_TASK, WRITEBACK_TASK, make_celery
 from integrations.store.engine import make_engine, make_session_factory
 from integrations.store.migrate import upgrade_database
 from integrations.worker_runtime import WorkerRuntime, install_runtime_factory
@@ -58,15 +58,22 @@ class Components:
     def enqueue_writeback(self, report_id: str) -> None:
         self.celery.send_task(WRITEBACK_TASK, args=[report_id], queue="io", routing_key="io")
 
+    def enqueue_sr_export(self, report_id: str) -> None:
+        self.celery.send_task(SR_EXPORT_TASK, args=[report_id], queue="io", routing_key="io")
+
     def worker_runtime(self) -> WorkerRuntime:
+        dicom = self.settings.dicom_config()
         return WorkerRuntime(
             session_factory=self.session_factory,
             ledger=self.ledger,
             fhir=self.settings.fhir_config(),
             model=self.settings.model_settings(),
-            spool_dir=self.settings.dicom_config().spool_dir,
+            spool_dir=dicom.spool_dir,
             enqueue_writeback=self.enqueue_writeback,
             knowledge_tools=self.settings.agent_knowledge_tools,
+            enqueue_sr_export=self.enqueue_sr_export,
+            sr_destination=dicom.sr_destination,
+            dicom_ae_title=dicom.ae_title,
         )
 
     def install_worker_runtime(self) -> None:

@@ -62,7 +62,12 @@ def dicom_gateway(components: Components) -> Iterator[None]:
     config = components.settings.dicom_config()
     scp = StorageScp(config, components.session_factory, components.ledger)
     tracker = StableStudyTracker(
-        components.session_factory, components.ledger, config.stable_age_s, components.enqueue_analysis
+        components.session_factory,
+        components.ledger,
+        config.stable_age_s,
+        components.enqueue_analysis,
+        stable_age_by_calling_aet=config.stable_age_by_calling_aet,
+        routing=config.routing,
     )
     tracker.requeue_pending()
     stop = threading.Event()

@@ -24,6 +24,7 @@ IO_QUEUE = "io"
 WORK_QUEUES = (GPU_QUEUE, IO_QUEUE)
 ANALYSE_TASK = "veritrace.analyse_study"
 WRITEBACK_TASK = "veritrace.writeback_report"
+SR_EXPORT_TASK = "veritrace.export_sr"
 DEAD_LETTER_EXCHANGE = "veritrace.dead"
 
 # RabbitMQ closes a channel whose delivery stays unacked longer than its consumer_timeout (30 min by
@@ -106,6 +107,7 @@ def make_celery(broker_url: str) -> Celery:
         task_routes={
             ANALYSE_TASK: {"queue": GPU_QUEUE, "routing_key": GPU_QUEUE},
             WRITEBACK_TASK: {"queue": IO_QUEUE, "routing_key": IO_QUEUE},
+            SR_EXPORT_TASK: {"queue": IO_QUEUE, "routing_key": IO_QUEUE},
         },
         task_create_missing_queues=False,
         task_acks_late=True,

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit import Ledger
+from integrations.dicom.config import SrDestination
 from integrations.fhir.config import FhirConfig
 from model.config import ModelConfig
 
@@ -32,6 +33,10 @@ class WorkerRuntime:
     model: ModelConfig
     spool_dir: Path
     enqueue_writeback: Callable[[str], None] | None = None
+    # Draft SRs back to the PACS (None: SR export is off).
+    enqueue_sr_export: Callable[[str], None] | None = None
+    sr_destination: SrDestination | None = None
+    dicom_ae_title: str = "VERITRACE"
     # HPO terms and the rare-disease ranker for the agent (the ontology costs ~25 s CPU to load once).
     knowledge_tools: bool = True
     # Seconds between worker heartbeats in the database (integrations.ops.health).

@@ -198,6 +198,8 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
     )
     if runtime.enqueue_writeback is not None and patient_ref is not None:
         runtime.enqueue_writeback(report_id)
+    if runtime.enqueue_sr_export is not None and runtime.sr_destination is not None:
+        runtime.enqueue_sr_export(report_id)
     return report_id
 
 

@@ -29,9 +29,11 @@ from integrations.celery_app import (
     ANALYSE_TIME_LIMIT_S,
     GPU_QUEUE,
     IO_QUEUE,
+    SR_EXPORT_TASK,
     WRITEBACK_TASK,
     WRITEBACK_TIME_LIMIT_S,
 )
+from integrations.dicom.sr_dispatch import DispatchState, export_draft_sr
 from integrations.fhir.errors import FhirError, FhirUnavailable
 from integrations.ops.dead_letters import record_dead_letter
 from integrations.store.models import Analysis
@@ -184,3 +186,24 @@ def writeback_report(self: Task, report_id: str) -> str | None:
                     )
                 raise self.retry(exc=exc, countdown=delay) from exc
             give_up(self, runtime, reason, [report_id])
+
+
+@shared_task(
+    name=SR_EXPORT_TASK,
+    bind=True,
+    acks_late=True,
+    max_retries=None,
+    time_limit=WRITEBACK_TIME_LIMIT_S,
+    soft_time_limit=WRITEBACK_TIME_LIMIT_S - 30,
+)
+def export_sr(self: Task, report_id: str) -> str | None:
+    """The draft as a DICOM SR back to the PACS. The exporter's own attempt cap and backoff decide when to
+    stop (a permanent failure is audited there), so Celery only carries the waits between attempts."""
+    runtime = get_runtime()
+    with exclusive_claim(runtime.engine, f"sr-export:{report_id}") as held:
+        if not held:
+            return None
+        result = export_draft_sr(runtime, report_id)
+        if result.state is DispatchState.PENDING:
+            raise self.retry(countdown=result.retry_in_s or BACKOFF_BASE_S)
+        return result.state.value

@@ -25,8 +25,7 @@ from sqlalchemy import select
 from audit import Ledger
 from cds.demo_study import build_demo_ct_study
 from cds.settings import Settings
-from integrations.dicom.config import SrDestination
-from integrations.dicom.sr_dispatch import DispatchState, export_draft_sr, sr_uid_for
+from integrations.dicom.sr_dispatch import sr_uid_for
 from integrations.store.engine import make_engine, make_session_factory
 from integrations.store.models import Analysis, Instance, Report, Study
 from tests.conftest import free_port
@@ -193,17 +192,6 @@ def echo_ok(orthanc: Orthanc) -> bool:
         return False
 
 
-@dataclass
-class WorkerSideRuntime:
-    """What the io worker's runtime holds for SR export, built from the same Settings."""
-
-    session_factory: Any
-    ledger: Ledger
-    spool_dir: Path
-    sr_destination: SrDestination | None
-    dicom_ae_title: str
-
-
 def test_study_from_orthanc_is_analysed_and_the_draft_sr_arrives_back(
     settings: Settings, orthanc: Orthanc, veritrace: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
@@ -244,20 +232,12 @@ def test_study_from_orthanc_is_analysed_and_the_draft_sr_arrives_back(
         assert received == sorted(without_trailing_padding(dataset_bytes(path)) for path in paths)
         assert report.untrained_model is True
 
-        # The draft SR back to Orthanc. Until the io task calls export_draft_sr after a report is stored,
-        # the test calls it here with the worker-side objects; the network path to Orthanc is the real one.
-        config = settings.dicom_config()
-        runtime = WorkerSideRuntime(
-            sessions,
-            Ledger(engine, settings.ledger_config()),
-            config.spool_dir,
-            config.sr_destination,
-            "VERITRACE",
-        )
-        dispatch = export_draft_sr(runtime, report.id)
-        assert dispatch.state is DispatchState.SENT, dispatch
+        # The draft SR back to Orthanc: the worker's io task sends it after the report is stored.
+        def study_with_sr() -> list[dict[str, Any]] | None:
+            found = orthanc.get(f"/studies/{orthanc_study}/instances")
+            return found if len(found) == len(paths) + 1 else None
 
-        in_pacs = orthanc.get(f"/studies/{orthanc_study}/instances")
+        in_pacs = wait_until(study_with_sr, "the draft SR to arrive in Orthanc", veritrace, 120)
         sr_tags = [
             orthanc.get(f"/instances/{item['ID']}/simplified-tags")
             for item in in_pacs

@@ -72,11 +72,6 @@ def _spool_files(spool: Path) -> list[Path]:
     return [path for path in spool.rglob("*") if path.is_file()]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="regression in the own DICOM acceptor (93c15e4): ENOSPC while streaming into the spool temp file "
-    "drops the association (OSError) instead of answering 0xA700; passed with the pynetdicom reactor",
-)
 def test_filesystem_fills_mid_write(tmp_path: Path, small_spool: Path) -> None:
     """ENOSPC while copying into the spool: 0xA700, no partial object, no temp file, resend succeeds."""
     paths = build_demo_ct_study(tmp_path / "incoming", patient_id="vt-fault-full", slices=4)
