@@ -230,16 +230,24 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--tokens", type=int, default=0, help="pre-signed tokens (default: enough for 3000 rps)"
+        "--tokens", type=int, default=0, help="pre-signed tokens per run (default: enough for 3000 rps)"
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="uvicorn worker processes, the same for both servers"
+        "--workers",
+        default="1",
+        help="uvicorn worker processes, the same for both servers; a list (1,2) runs each in turn",
     )
     parser.add_argument("--sqlite", action="store_true", help="use SQLite instead of PostgreSQL")
     parser.add_argument(
         "--write", action="store_true", help="replace the CDS Hooks section of bench/RESULTS.md"
     )
     args = parser.parse_args()
+    try:
+        worker_counts = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        sys.exit(f"--workers takes worker counts separated by commas, got {args.workers!r}")
+    if not worker_counts or min(worker_counts) < 1:
+        sys.exit("--workers needs counts of at least 1")
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install -y wrk)")
 
@@ -251,29 +259,52 @@ def main() -> None:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{db_name}"')
         database_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}"
-    processes: list[subprocess.Popen[bytes]] = []
     try:
         seed(database_url, home)
         signer = EhrTokenSigner.generate(ISSUER, alg="ES384")
         issuers = home / "issuers.json"
         issuers.write_text(json.dumps({ISSUER: {"jwks": signer.jwks()}}))
-        bare_port, vt_port = free_port(), free_port()
-        public = f"http://127.0.0.1:{vt_port}"
-        count = args.tokens or 3000 * (args.duration + 2)
-        started = time.perf_counter()
-        tokens = sign_tokens(signer, public + SERVICE, count)
-        print(f"signed {len(tokens)} ES384 tokens in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-        (home / "tokens.txt").write_text("\n".join(tokens) + "\n")
         (home / "body.json").write_text(json.dumps(hook_body()))
         (home / "wrk.lua").write_text(LUA)
-        env = {
-            "VT_BENCH_HOME": str(home),
-            "VT_BENCH_DATABASE_URL": database_url,
-            "VT_BENCH_ISSUERS_FILE": str(issuers),
-            "VT_BENCH_PUBLIC_URL": public,
-        }
-        processes.append(start("hooks_apps:bare_app", bare_port, env, args.workers))
-        processes.append(start("hooks_apps:veritrace_app", vt_port, env, args.workers))
+        runs = [run_pair(workers, signer, database_url, issuers, home, args) for workers in worker_counts]
+        report(runs, args, "SQLite" if args.sqlite else "PostgreSQL")
+    finally:
+        if not args.sqlite:
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        shutil.rmtree(home, ignore_errors=True)
+
+
+Run = tuple[int, dict[str, dict[str, float]], list[float]]
+"""Workers per server, wrk results per endpoint, 1-minute load averages (before, after each)."""
+
+
+def run_pair(
+    workers: int,
+    signer: EhrTokenSigner,
+    database_url: str,
+    issuers: Path,
+    home: Path,
+    args: argparse.Namespace,
+) -> Run:
+    """Both servers with ``workers`` workers each, bare first, back to back; fresh tokens for this run."""
+    bare_port, vt_port = free_port(), free_port()
+    public = f"http://127.0.0.1:{vt_port}"
+    count = args.tokens or 3000 * (args.duration + 2)
+    started = time.perf_counter()
+    tokens = sign_tokens(signer, public + SERVICE, count)
+    print(f"signed {len(tokens)} ES384 tokens in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    (home / "tokens.txt").write_text("\n".join(tokens) + "\n")
+    env = {
+        "VT_BENCH_HOME": str(home),
+        "VT_BENCH_DATABASE_URL": database_url,
+        "VT_BENCH_ISSUERS_FILE": str(issuers),
+        "VT_BENCH_PUBLIC_URL": public,
+    }
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        processes.append(start("hooks_apps:bare_app", bare_port, env, workers))
+        processes.append(start("hooks_apps:veritrace_app", vt_port, env, workers))
         # Sanity: one real call answers the seeded cards.
         probe = httpx.post(
             public + SERVICE,
@@ -283,7 +314,7 @@ def main() -> None:
         assert probe.status_code == 200 and len(probe.json()["cards"]) == 2, probe.text
         results = {}
         loads = [os.getloadavg()[0]]
-        for name, port in (("bare FastAPI, fixed card", bare_port), ("Veritrace patient-view", vt_port)):
+        for name, port in ((BARE, bare_port), (OURS, vt_port)):
             results[name] = run_wrk(
                 f"http://127.0.0.1:{port}{SERVICE}",
                 home / "wrk.lua",
@@ -292,47 +323,52 @@ def main() -> None:
                 args,
             )
             loads.append(os.getloadavg()[0])
-        report(results, args, "SQLite" if args.sqlite else "PostgreSQL", loads)
+        return workers, results, loads
     finally:
         for process in processes:
             process.terminate()
             process.wait(timeout=30)
-        if not args.sqlite:
-            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        shutil.rmtree(home, ignore_errors=True)
 
 
-def report(
-    results: dict[str, dict[str, float]], args: argparse.Namespace, database: str, loads: list[float]
-) -> None:
-    bare, ours = results["bare FastAPI, fixed card"], results["Veritrace patient-view"]
+BARE, OURS = "bare FastAPI, fixed card", "Veritrace patient-view"
+
+
+def report(runs: list[Run], args: argparse.Namespace, database: str) -> None:
     lines = [
         "## CDS Hooks",
         "",
-        f"Produced by `bench/hooks_patient_view.py{' --sqlite' if args.sqlite else ''} --write`: wrk, "
-        f"{args.connections} connections, {args.threads} threads, {args.duration} s per server, "
-        f"{args.workers} uvicorn worker(s) for each server, {database}, {os.cpu_count()} CPUs "
-        f"({platform.machine()}), shared with other work: 1-minute load average "
-        f"{' / '.join(f'{load:.1f}' for load in loads)} (before / after bare / after Veritrace). "
-        "Each Veritrace request: a distinct ES384 JWT verified (jti replay cache in the database), full "
-        "prefetch (final reports + imaging studies), 2 draft cards built, stored, and one audit-ledger "
-        "entry.",
+        f"Produced by `bench/hooks_patient_view.py{' --sqlite' if args.sqlite else ''} "
+        f"--workers {args.workers} --write`: wrk, {args.connections} connections, {args.threads} threads, "
+        f"{args.duration} s per server, both servers with the same number of uvicorn workers, bare first "
+        f"then Veritrace, back to back; {database}; {os.cpu_count()} CPUs ({platform.machine()}) shared "
+        "with other engineers' work (1-minute load average before / after bare / after Veritrace in the "
+        "table). Each Veritrace request: a distinct ES384 JWT verified (jti replay cache in the "
+        "database), full prefetch (final reports + imaging studies), 2 draft cards built, stored, and "
+        "one audit-ledger entry.",
         "",
-        "| endpoint | requests | non-2xx | p50 ms | p99 ms | throughput req/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| workers each | endpoint | requests | non-2xx | p50 ms | p99 ms | throughput req/s | load avg |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for name, r in results.items():
-        cells = (f"{r['requests']:.0f}", f"{r['non_2xx']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}")
-        lines.append(f"| {name} | {' | '.join(cells)} | {r['rps']:.0f} |")
-    p99_ratio, rps_ratio = ours["p99_ms"] / bare["p99_ms"], ours["rps"] / bare["rps"]
-    lines += [
-        "",
-        f"Veritrace / bare: p99 {p99_ratio:.2f}x (target <= 2x, and < 50 ms: "
-        f"{'met' if p99_ratio <= 2 and ours['p99_ms'] < 50 else 'NOT met'}); throughput {rps_ratio:.0%} "
-        f"(target >= 50%: {'met' if rps_ratio >= 0.5 else 'NOT met'}).",
-        "",
-    ]
+    verdicts = []
+    for workers, results, loads in runs:
+        load = " / ".join(f"{value:.1f}" for value in loads)
+        for name, r in results.items():
+            cells = (
+                f"{r['requests']:.0f}",
+                f"{r['non_2xx']:.0f}",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                f"{r['rps']:.0f}",
+            )
+            lines.append(f"| {workers} | {name} | {' | '.join(cells)} | {load} |")
+        bare, ours = results[BARE], results[OURS]
+        p99_ratio, rps_ratio = ours["p99_ms"] / bare["p99_ms"], ours["rps"] / bare["rps"]
+        verdicts.append(
+            f"- {workers} worker(s) each: Veritrace / bare p99 {p99_ratio:.2f}x (target <= 2x, and < 50 ms: "
+            f"{'met' if p99_ratio <= 2 and ours['p99_ms'] < 50 else 'NOT met'}); throughput "
+            f"{rps_ratio:.0%} (target >= 50%: {'met' if rps_ratio >= 0.5 else 'NOT met'})."
+        )
+    lines += ["", *verdicts, "", *NOTES, ""]
     text = "\n".join(lines)
     print(text)
     if args.write:
@@ -343,6 +379,33 @@ def report(
             pattern.sub(text + "\n", current) if pattern.search(current) else current.rstrip() + "\n\n" + text
         )
         path.write_text(updated)
+
+
+NOTES = [
+    "What changed since the first run (132 req/s, p99 742 ms, one worker each): the hook path's writes go "
+    "through one group-commit writer (`cds/group_commit.py`) - a call submits its jti claim, card rows and "
+    "audit entry once, concurrent calls share one PostgreSQL statement (`cds/hook_rows.py`) and one "
+    "`Ledger.append_many`, and each call is answered only after its batch committed; the JWS is split "
+    "once instead of three PyJWT parses; a patient's drafts are cached for 1 s; orjson responses. "
+    "Caveat: every call here is for one patient, so the draft cache almost always hits; with many "
+    "patients each miss is one indexed query (about 1-2 ms, in a worker thread).",
+    "",
+    "Where the time goes (server CPU per request, one worker, 50 connections, measured with the process's "
+    "CPU counters on this machine): bare 0.11 ms; Veritrace 1.67 ms (4.6 ms before these changes, "
+    "measured the same way), of which the ES384 signature check alone is 0.47 ms (OpenSSL through "
+    "`cryptography`, timed in isolation), the writer thread (statement + ledger append, amortised) "
+    "~0.2 ms, card building ~0.15 ms, the rest FastAPI, body and token parsing, prefetch checks. One call "
+    "alone is fast (1 connection: p50 2.4 ms, p99 7 ms); under 50 connections the server is CPU-bound, "
+    "so latency is queueing.",
+    "",
+    "Why the targets are out of reach as stated: throughput >= 50% of the bare endpoint allows 0.22 ms of "
+    "CPU per request, less than half the cost of verifying the one ES384 signature every call must carry "
+    "(each token is new, so nothing can be cached); and with 50 closed-loop connections a p99 under 50 ms "
+    "needs well over 1,000 req/s (Little's law: 50 / 0.05 s), i.e. under ~1 ms of CPU per request per "
+    "core on a machine that other engineers' jobs keep at a load of 3-8. More workers (a legitimate "
+    "lever) help Veritrace, but the bare endpoint gains as much or more on two cores.",
+]
+"""Lines written under the table: what changed, where the time goes, why the targets are not met."""
 
 
 if __name__ == "__main__":
