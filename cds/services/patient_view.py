@@ -8,12 +8,18 @@ reason goes to the audit entry.
 
 from __future__ import annotations
 
+import threading
+import uuid
+from weakref import WeakKeyDictionary
+
+from cds.cards import Card
 from cds.discovery import USAGE_REQUIREMENTS, ServiceDefinition
 from cds.hook_call import HookCall, HookOutcome
 from cds.hook_request import PatientViewContext
 from cds.services.draft_cache import draft_cache_for
 from cds.services.report_cards import report_card, signal_cards
 from cds.services.report_staleness import final_reports
+from integrations.store.models import Report
 
 FINAL_REPORTS_TEMPLATE = (
     "DiagnosticReport?patient={{context.patientId}}&status=final,amended,corrected&_sort=-date"
@@ -52,7 +58,27 @@ def patient_view_cards(call: HookCall) -> HookOutcome:
         if finals.overtakes(study_uid=report.study_uid, fhir_report_id=report.fhir_report_id):
             outcome.skipped.append("draft withheld: a final report exists for its study")
             continue
-        for card in (report_card(report, call.public_base_url), *signal_cards(report, call.public_base_url)):
+        for template in _cards_of(report, call.public_base_url):
+            card = template.model_copy(update={"uuid": str(uuid.uuid4())})  # every call its own card ids
             outcome.cards.append(card)
             outcome.card_reports[card.uuid] = report.id
     return outcome
+
+
+_BUILT: WeakKeyDictionary[Report, dict[str, tuple[Card, ...]]] = WeakKeyDictionary()
+_BUILT_LOCK = threading.Lock()
+
+
+def _cards_of(report: Report, public_base_url: str) -> tuple[Card, ...]:
+    """The report's cards, built once per cached report snapshot (``draft_cache``) and base URL.
+
+    A card's content depends only on the report and the base URL; building and validating it was
+    about a tenth of a call. Entries go with the snapshot when the draft cache drops it.
+    """
+    with _BUILT_LOCK:
+        built = _BUILT.get(report, {}).get(public_base_url)
+    if built is None:
+        built = (report_card(report, public_base_url), *signal_cards(report, public_base_url))
+        with _BUILT_LOCK:
+            _BUILT.setdefault(report, {})[public_base_url] = built
+    return built
