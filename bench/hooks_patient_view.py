@@ -386,17 +386,19 @@ NOTES = [
     "through one group-commit writer (`cds/group_commit.py`) - a call submits its jti claim, card rows and "
     "audit entry once, concurrent calls share one PostgreSQL statement (`cds/hook_rows.py`) and one "
     "`Ledger.append_many`, and each call is answered only after its batch committed; the JWS is split "
-    "once instead of three PyJWT parses; a patient's drafts are cached for 1 s; orjson responses. "
+    "once instead of three PyJWT parses; a patient's drafts are cached for 1 s and their cards built once "
+    "per cached snapshot; orjson responses. "
     "Caveat: every call here is for one patient, so the draft cache almost always hits; with many "
     "patients each miss is one indexed query (about 1-2 ms, in a worker thread).",
     "",
     "Where the time goes (server CPU per request, one worker, 50 connections, measured with the process's "
-    "CPU counters on this machine): bare 0.11 ms; Veritrace 1.67 ms (4.6 ms before these changes, "
-    "measured the same way), of which the ES384 signature check alone is 0.47 ms (OpenSSL through "
-    "`cryptography`, timed in isolation), the writer thread (statement + ledger append, amortised) "
-    "~0.2 ms, card building ~0.15 ms, the rest FastAPI, body and token parsing, prefetch checks. One call "
-    "alone is fast (1 connection: p50 2.4 ms, p99 7 ms); under 50 connections the server is CPU-bound, "
-    "so latency is queueing.",
+    "CPU counters on this machine): bare 0.11 ms; Veritrace about 1.5 ms (4.6 ms before these changes, "
+    "measured the same way). The ES384 signature check alone is 0.47 ms timed in isolation (OpenSSL "
+    "through `cryptography`) and about 40% of the server's CPU samples under load (py-spy); the writer "
+    "thread (one statement + one ledger append per batch, psycopg included) about 15%; Starlette, "
+    "FastAPI and uvicorn about 15%; the rest is spread thin (pydantic, uuid4, staleness check, "
+    "prefetch, futures). One call alone is fast (1 connection: p50 2.4 ms, p99 7 ms); under 50 "
+    "connections the server is CPU-bound, so latency is queueing.",
     "",
     "Why the targets are out of reach as stated: throughput >= 50% of the bare endpoint allows 0.22 ms of "
     "CPU per request, less than half the cost of verifying the one ES384 signature every call must carry "
