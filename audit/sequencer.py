@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy
+from psycopg import ClientCursor
 
 from audit.node_store import SIZE_QUERY, SqlRunner
 
@@ -77,6 +78,73 @@ class LockedTransaction(SqlRunner):
 def _insert_sql(table: str, columns: Sequence[str], rows: int) -> str:
     values = ",".join(["(" + ",".join("?" * len(columns)) + ")"] * rows)
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}"
+
+
+def append_if_size_is(
+    engine: sqlalchemy.Engine,
+    *,
+    durable: bool,
+    size: int,
+    entry_rows: Sequence[Sequence[Any]],
+    node_rows: Sequence[Sequence[Any]],
+) -> bool:
+    """PostgreSQL in one round trip: lock, insert only if the log still holds ``size`` entries, commit.
+
+    For a process whose own last append left the log at ``size``: it can hash the new entries at their
+    indexes before asking, instead of spending a round trip on reading the size under the lock, one on
+    the insert and one on the commit. The guard is evaluated under the same lock and snapshot rules as
+    ``sequenced``, so indexes stay contiguous. Returns False, having written nothing, when another
+    process appended in between; the caller then takes the ordinary path.
+    """
+    if engine.dialect.name != "postgresql":
+        raise NotImplementedError("the one-round-trip append is for PostgreSQL")
+    raw = engine.raw_connection()
+    driver: Any = raw.driver_connection
+    try:
+        raw.rollback()
+        driver.autocommit = True
+        guard = (
+            "(SELECT max(leaf_index) FROM audit_entries) IS NOT DISTINCT FROM "
+            + ("NULL" if size == 0 else str(size - 1))
+            + "::bigint"
+        )
+        insert = _guarded_insert("audit_entries", ENTRY_COLUMNS, len(entry_rows), guard)
+        params = [value for row in entry_rows for value in row]
+        if node_rows:
+            nodes = _guarded_insert("audit_nodes", NODE_COLUMNS, len(node_rows), guard)
+            insert = f"WITH nodes AS ({nodes}) {insert}"
+            params = [value for row in node_rows for value in row] + params
+        # Client-side binding: parameters make psycopg use the extended protocol, one statement per
+        # message; a literal script goes as one simple query, BEGIN to COMMIT.
+        statement = ClientCursor(driver).mogrify(insert, params)
+        cursor = raw.cursor()
+        try:
+            cursor.execute(
+                "BEGIN ISOLATION LEVEL READ COMMITTED; "
+                f"SET LOCAL synchronous_commit = {'on' if durable else 'off'}; "
+                f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY}); {statement}; COMMIT"
+            )
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        inserted = 0
+        while True:
+            if (cursor.statusmessage or "").startswith("INSERT"):
+                inserted = cursor.rowcount
+            if not cursor.nextset():
+                break
+        return inserted == len(entry_rows)
+    finally:
+        try:
+            driver.autocommit = False
+        finally:
+            raw.close()
+
+
+def _guarded_insert(table: str, columns: Sequence[str], rows: int, guard: str) -> str:
+    values = ",".join(["(" + ",".join(["%s"] * len(columns)) + ")"] * rows)
+    names = ", ".join(columns)
+    return f"INSERT INTO {table} ({names}) SELECT * FROM (VALUES {values}) AS v ({names}) WHERE {guard}"
 
 
 @contextmanager

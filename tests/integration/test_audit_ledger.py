@@ -364,3 +364,24 @@ def test_a_missing_leaf_under_a_recomputed_node_is_an_integrity_error(
         ledger.inclusion_proof(33, 39)  # needs the pair (34, 35) recomputed from its leaves
     report = ledger.verify()
     assert not report.ok and report.first_bad_index == 34
+
+
+def test_writers_that_interleave_keep_one_contiguous_log(engine: sa.Engine, tmp_path: Path) -> None:
+    """Each ledger's idea of the log's end goes stale whenever the other appends (PostgreSQL: its
+    one-round-trip append must then write nothing and fall back to reading the size under the lock)."""
+    config = _config(tmp_path, checkpoint_every=1000)
+    generate_key(config.key_dir, config.origin)
+    first, second = Ledger(engine, config), Ledger(engine, config)
+    writers = [first, first, second, first, second, second, second, first] * 5
+    appended = [
+        writer.append("fhir.read", "a" if writer is first else "b", {"n": n})
+        for n, writer in enumerate(writers)
+    ]
+    assert [entry.index for entry in appended] == list(range(len(writers)))
+    with engine.connect() as conn:
+        actors = [a for (a,) in conn.exec_driver_sql("SELECT actor FROM audit_entries ORDER BY leaf_index")]
+    assert actors == ["a" if writer is first else "b" for writer in writers]
+    leaves = _stored_leaves(engine)
+    assert first.root() == second.root() == mth(leaves)
+    first.checkpoint()
+    assert second.verify().ok
