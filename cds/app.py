@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -110,6 +111,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        # Flush the hook writes still batched, then let go of outbound connections.
+        await anyio.to_thread.run_sync(_app.state.cds.commits.close)
         await http.aclose()
 
     app = FastAPI(title="Veritrace CDS Hooks", version="2.0", lifespan=lifespan)

@@ -9,7 +9,7 @@ next one gathers, so a busy server writes big batches and an idle one writes at 
 
 Nothing is acknowledged that could be lost: a call's future resolves only after the transaction holding
 its rows (and, for cards and audit entries, the ledger append after it) has committed. Commits use the
-hook path's flush policy (``cds.commit_policy``: atomic and ordered, flushed within the WAL writer's
+hook path's flush policy (atomic and ordered, flushed within the WAL writer's
 cycle).
 
 Replay across replicas is decided by the database: a claim is an upsert on ``cds_seen_jti``'s primary

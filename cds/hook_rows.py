@@ -5,7 +5,7 @@ Two implementations of one contract (``HookRowWriter.write``):
 - PostgreSQL: one statement, one round trip, whatever the batch size. Both inserts are data-modifying
   CTEs over ``json_to_recordset`` of one JSON parameter each, so the statement text never changes and
   the server keeps it prepared. It runs on a connection the writer keeps to itself, with
-  ``synchronous_commit = off`` for the session (the hook path's flush policy, ``cds.commit_policy``) —
+  ``synchronous_commit = off`` for the session (the hook path's flush policy) —
   a single statement is its own transaction, so there is no ``SET LOCAL`` to send first.
 - SQLite (the embedded install and most tests): SQLAlchemy Core statements in one transaction.
 

@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -92,6 +92,7 @@ class Analysis(Base):
 
 class Report(Base):
     __tablename__ = "reports"
+    __table_args__ = (Index("ix_reports_patient_status_created", "patient_id", "status", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     analysis_id: Mapped[str] = mapped_column(ForeignKey("analyses.id"), unique=True)
