@@ -10,13 +10,16 @@ What is measured, for each store:
 - batched appends/s: ``append_many`` in batches of 10,000 (pymerkle: ``append_entries``) while building the
   large log;
 - inclusion / consistency proof time at the large size (mean and p99 over random indexes);
-- full ``verify()`` of the large log (recompute every leaf and node, check every checkpoint).
+- full ``verify()`` of the large log (recompute every leaf and node, check every checkpoint);
+- the 1-minute load average before and after each store (the machine is shared), and our append
+  rates divided by pymerkle's from the same run. ``--repeat N`` runs everything N times.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import secrets
 import statistics
@@ -140,43 +143,74 @@ def bench_pymerkle(work: Path, size: int, singles: int) -> dict[str, str]:
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", type=int, default=1_000_000)
-    parser.add_argument("--singles", type=int, default=2000)
-    parser.add_argument("--no-postgres", action="store_true")
-    args = parser.parse_args()
+RATIOS = ("single appends/s", "single appends/s, flushed each", "batched appends/s")
+
+
+def _number(cell: str) -> float:
+    return float(cell.split()[0].replace(",", ""))
+
+
+def _with_load(fn: Callable[[], dict[str, str]]) -> dict[str, str]:
+    """Run one store's measurements and note the 1-minute load average before and after them."""
+    before = os.getloadavg()[0]
+    row = fn()
+    row["load average (1 min), before / after"] = f"{before:.1f} / {os.getloadavg()[0]:.1f}"
+    return row
+
+
+def run_once(size: int, singles: int, postgres: bool) -> dict[str, dict[str, str]]:
+    """All stores back to back in one process: ours on SQLite, ours on PostgreSQL, then pymerkle."""
     columns: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "sqlite").mkdir()
-        columns["Ledger · SQLite"] = bench_ledger(
-            f"sqlite:///{work / 'sqlite' / 'ledger.db'}", work / "sqlite", args.size, args.singles
+        columns["Ledger · SQLite"] = _with_load(
+            lambda: bench_ledger(f"sqlite:///{work / 'sqlite' / 'ledger.db'}", work / "sqlite", size, singles)
         )
         print("sqlite done", file=sys.stderr)
-        if not args.no_postgres:
+        if postgres:
             name = f"vt_bench_{secrets.token_hex(4)}"
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
                 conn.execute(f'CREATE DATABASE "{name}"')
             try:
                 (work / "pg").mkdir()
-                columns["Ledger · PostgreSQL"] = bench_ledger(
-                    f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
-                    work / "pg",
-                    args.size,
-                    args.singles,
+                url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+                columns["Ledger · PostgreSQL"] = _with_load(
+                    lambda: bench_ledger(url, work / "pg", size, singles)
                 )
             finally:
                 with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             print("postgres done", file=sys.stderr)
-        columns["pymerkle 7.0 SqliteTree"] = bench_pymerkle(work, args.size, args.singles)
+        pymerkle = _with_load(lambda: bench_pymerkle(work, size, singles))
+    for row in columns.values():
+        for metric in RATIOS:
+            row[f"{metric} ÷ pymerkle's"] = f"{_number(row[metric]) / _number(pymerkle[metric]):.2f}x"
+    columns["pymerkle 7.0 SqliteTree"] = pymerkle
+    return columns
+
+
+def print_table(columns: dict[str, dict[str, str]]) -> None:
     names = list(columns)
     metrics = list(columns[names[0]])
     print(f"| metric | {' | '.join(names)} |")
     print(f"|---|{'---|' * len(names)}")
     for metric in metrics:
         print(f"| {metric} | {' | '.join(columns[n].get(metric, '') for n in names)} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=1_000_000)
+    parser.add_argument("--singles", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=1, help="whole runs, one table each")
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    for run in range(args.repeat):
+        if args.repeat > 1:
+            print(f"\nRun {run + 1} of {args.repeat}\n")
+        print_table(run_once(args.size, args.singles, not args.no_postgres))
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
