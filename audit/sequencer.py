@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy
-from psycopg import ClientCursor
+from psycopg.pq import TransactionStatus
 
 from audit.node_store import SIZE_QUERY, SqlRunner
 
@@ -92,48 +92,38 @@ def append_if_size_is(
 
     For a process whose own last append left the log at ``size``: it can hash the new entries at their
     indexes before asking, instead of spending a round trip on reading the size under the lock, one on
-    the insert and one on the commit. The guard is evaluated under the same lock and snapshot rules as
-    ``sequenced``, so indexes stay contiguous. Returns False, having written nothing, when another
-    process appended in between; the caller then takes the ordinary path.
+    the insert and one on the commit. The statements go in one pipeline (the insert prepared after a
+    few uses); the guard is evaluated under the same lock and snapshot rules as ``sequenced``, so
+    indexes stay contiguous. Returns False, having written nothing, when another process appended in
+    between; the caller then takes the ordinary path.
     """
     if engine.dialect.name != "postgresql":
         raise NotImplementedError("the one-round-trip append is for PostgreSQL")
+    last = size - 1 if size else None
+    insert = _guarded_insert("audit_entries", ENTRY_COLUMNS, len(entry_rows))
+    params: list[Any] = [value for row in entry_rows for value in row] + [last]
+    if node_rows:
+        nodes = _guarded_insert("audit_nodes", NODE_COLUMNS, len(node_rows))
+        insert = f"WITH nodes AS ({nodes}) {insert}"
+        params = [value for row in node_rows for value in row] + [last] + params
     raw = engine.raw_connection()
     driver: Any = raw.driver_connection
     try:
         raw.rollback()
         driver.autocommit = True
-        guard = (
-            "(SELECT max(leaf_index) FROM audit_entries) IS NOT DISTINCT FROM "
-            + ("NULL" if size == 0 else str(size - 1))
-            + "::bigint"
-        )
-        insert = _guarded_insert("audit_entries", ENTRY_COLUMNS, len(entry_rows), guard)
-        params = [value for row in entry_rows for value in row]
-        if node_rows:
-            nodes = _guarded_insert("audit_nodes", NODE_COLUMNS, len(node_rows), guard)
-            insert = f"WITH nodes AS ({nodes}) {insert}"
-            params = [value for row in node_rows for value in row] + params
-        # Client-side binding: parameters make psycopg use the extended protocol, one statement per
-        # message; a literal script goes as one simple query, BEGIN to COMMIT.
-        statement = ClientCursor(driver).mogrify(insert, params)
-        cursor = raw.cursor()
+        control, inserting = driver.cursor(), driver.cursor()
         try:
-            cursor.execute(
-                "BEGIN ISOLATION LEVEL READ COMMITTED; "
-                f"SET LOCAL synchronous_commit = {'on' if durable else 'off'}; "
-                f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY}); {statement}; COMMIT"
-            )
+            with driver.pipeline():
+                control.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                control.execute(f"SET LOCAL synchronous_commit = {'on' if durable else 'off'}")
+                control.execute(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY})")
+                inserting.execute(insert, params)
+                control.execute("COMMIT")
         except BaseException:
-            cursor.execute("ROLLBACK")
+            if driver.info.transaction_status != TransactionStatus.IDLE:
+                control.execute("ROLLBACK")
             raise
-        inserted = 0
-        while True:
-            if (cursor.statusmessage or "").startswith("INSERT"):
-                inserted = cursor.rowcount
-            if not cursor.nextset():
-                break
-        return inserted == len(entry_rows)
+        return bool(inserting.rowcount == len(entry_rows))
     finally:
         try:
             driver.autocommit = False
@@ -141,10 +131,14 @@ def append_if_size_is(
             raw.close()
 
 
-def _guarded_insert(table: str, columns: Sequence[str], rows: int, guard: str) -> str:
+def _guarded_insert(table: str, columns: Sequence[str], rows: int) -> str:
+    """INSERT of ``rows`` parameter rows, done only if the last leaf index equals the final parameter."""
     values = ",".join(["(" + ",".join(["%s"] * len(columns)) + ")"] * rows)
     names = ", ".join(columns)
-    return f"INSERT INTO {table} ({names}) SELECT * FROM (VALUES {values}) AS v ({names}) WHERE {guard}"
+    return (
+        f"INSERT INTO {table} ({names}) SELECT * FROM (VALUES {values}) AS v ({names}) "
+        "WHERE (SELECT max(leaf_index) FROM audit_entries) IS NOT DISTINCT FROM %s::bigint"
+    )
 
 
 @contextmanager
