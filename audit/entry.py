@@ -35,8 +35,9 @@ class EntryDraft(pydantic.BaseModel):
     kind: str = pydantic.Field(min_length=1, max_length=64)
     actor: str = pydantic.Field(min_length=1, max_length=256)
     payload: pydantic.InstanceOf[Mapping[str, Any]]
-    """Kept as given (not copied key by key): canonicalisation walks it anyway, at append time, and
-    refuses what JSON cannot hold with a message naming where it sits."""
+    """A shallow copy, as pydantic's ``Mapping`` validation made, without checking each key here:
+    canonicalisation walks it anyway, at append time, and refuses what JSON cannot hold with a message
+    naming where it sits."""
     patient_ref: str | None = pydantic.Field(default=None, min_length=1, max_length=256)
     study_uid: str | None = pydantic.Field(default=None, min_length=1, max_length=64)
 
@@ -50,6 +51,12 @@ class EntryDraft(pydantic.BaseModel):
         if len(_KNOWN_KINDS) < KNOWN_KINDS_LIMIT:
             _KNOWN_KINDS.add(value)
         return value
+
+    @pydantic.field_validator("payload")
+    @classmethod
+    def _payload_is_a_snapshot(cls, value: Mapping[str, Any]) -> Mapping[str, Any]:
+        # A caller that keeps filling its dict after building the draft must not change what is hashed.
+        return dict(value)
 
     @pydantic.field_validator("study_uid")
     @classmethod

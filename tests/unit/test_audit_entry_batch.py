@@ -58,3 +58,12 @@ def test_a_refused_draft_names_the_field_but_not_the_value() -> None:
     with pytest.raises(pydantic.ValidationError) as refused:
         EntryDraft(kind="fhir.read", actor="a", payload={}, study_uid="MRN 4711")
     assert "study_uid" in str(refused.value) and "4711" not in str(refused.value)
+
+
+def test_a_draft_keeps_the_payload_it_was_given() -> None:
+    payload = {"status": 200}
+    draft = EntryDraft(kind="cds.hook", actor="a", payload=payload)
+    payload["status"] = 500
+    payload["late"] = True
+    assert draft.payload == {"status": 200}
+    assert prepare_batch([draft]).payload_texts == ['{"status":200}']
