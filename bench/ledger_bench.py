@@ -64,7 +64,9 @@ def proof_times(fn: Callable[[int], object], size: int, samples: int) -> tuple[f
     times = []
     for _ in range(samples):
         index = rng.randrange(size)
-        times.append(timed(lambda index=index: fn(index)) * 1000)
+        start = time.perf_counter()
+        fn(index)
+        times.append((time.perf_counter() - start) * 1000)
     times.sort()
     return statistics.fmean(times), times[int(len(times) * 0.99) - 1]
 

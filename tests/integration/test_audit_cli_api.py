@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import typer
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
@@ -27,7 +28,7 @@ def ledger(tmp_path: Path) -> Ledger:
     return Ledger(engine, LedgerConfig(key_dir=tmp_path / "keys", anchor_dir=tmp_path / "anchor"))
 
 
-def _cli(ledger: Ledger):  # type: ignore[no-untyped-def]
+def _cli(ledger: Ledger) -> typer.Typer:
     return build_audit_cli(lambda: ledger, lambda: ledger.config)
 
 

@@ -60,7 +60,7 @@ def _run(url: str, config: LedgerConfig, workers: int, each: int) -> None:
             count, low, high = conn.exec_driver_sql(
                 "SELECT count(*), min(leaf_index), max(leaf_index) FROM audit_entries"
             ).one()
-            per_worker = dict(
+            per_worker: dict[str, int] = dict(
                 conn.exec_driver_sql("SELECT actor, count(*) FROM audit_entries GROUP BY actor").all()
             )
             leaves = [
