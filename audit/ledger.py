@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -327,13 +327,13 @@ class Ledger:
             first=first, second=second, first_root=hashes[0], second_root=hashes[1], path=hashes[2:]
         )
 
-    def verify(self) -> VerificationReport:
+    def verify(self, progress: Callable[[int], None] | None = None) -> VerificationReport:
         """Recompute every leaf, node and root from the database and hold them against the checkpoints.
 
         The anchored checkpoints (outside the database) are trusted; database checkpoints count only if
         their signature verifies. The report names the first index that does not hold up.
         """
-        return verify_ledger(self.engine, self.config, self.verifiers())
+        return verify_ledger(self.engine, self.config, self.verifiers(), progress)
 
 
 def _root(db: SqlRunner, size: int) -> bytes:

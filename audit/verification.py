@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pydantic
@@ -65,13 +66,18 @@ class _Findings:
 
 
 def verify_ledger(
-    engine: sa.Engine, config: LedgerConfig, verifiers: dict[bytes, NoteVerifier]
+    engine: sa.Engine,
+    config: LedgerConfig,
+    verifiers: dict[bytes, NoteVerifier],
+    progress: Callable[[int], None] | None = None,
 ) -> VerificationReport:
+    """``progress`` is told how many entries have been re-hashed so far (every stream batch), so a
+    long run over a large log can show how far it got."""
     started = time.perf_counter()
     findings = _Findings()
     with engine.connect() as conn:
         trusted, source, newest, checked = _trusted_roots(conn, config, verifiers, findings)
-        levels = _check_entries(conn, findings)
+        levels = _check_entries(conn, findings, progress)
         size = len(levels[0]) // HASH_SIZE
         _check_nodes(conn, levels, findings)
     _check_roots(levels, size, trusted, findings)
@@ -138,7 +144,9 @@ def _trusted_roots(
     return trusted, source, newest, checked
 
 
-def _check_entries(conn: sa.Connection, findings: _Findings) -> list[bytearray]:
+def _check_entries(
+    conn: sa.Connection, findings: _Findings, progress: Callable[[int], None] | None = None
+) -> list[bytearray]:
     """Re-encode and re-hash every entry against its stored leaf hash; returns the stored leaf hashes.
 
     The tree above is then checked from the stored leaf hashes up, so a mismatch is reported where it is
@@ -199,7 +207,11 @@ def _check_entries(conn: sa.Connection, findings: _Findings) -> list[bytearray]:
                 findings.add(index, f"entry {index}: payload does not match its digest")
                 reported_alteration = True
         leaves += stored
+        if progress is not None and (index + 1) % STREAM_BATCH == 0:
+            progress(index + 1)
     result.close()
+    if progress is not None:
+        progress(len(leaves) // HASH_SIZE)
     _check_external_payloads(conn, external, findings)
     return [leaves]
 

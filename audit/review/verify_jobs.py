@@ -25,6 +25,8 @@ class VerifyJob(BaseModel):
     started_at: float
     finished_at: float | None = None
     entries_at_start: int
+    entries_checked: int = 0
+    """Entries re-hashed so far; with ``entries_at_start`` the page shows a percentage."""
     ok: bool | None = None
     size: int | None = None
     trusted_size: int | None = None
@@ -65,9 +67,15 @@ class VerifyJobs:
             job = self._jobs.get(job_id)
             return job.model_copy() if job else None
 
+    def _advance(self, job_id: str, done: int) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                self._jobs[job_id] = job.model_copy(update={"entries_checked": done})
+
     def _run(self, job_id: str, reviewer: Reviewer) -> None:
         try:
-            report = self._ledger.verify()
+            report = self._ledger.verify(progress=lambda done: self._advance(job_id, done))
             entry = record_event(
                 self._ledger,
                 LEDGER_VERIFIED,

@@ -385,3 +385,14 @@ def test_writers_that_interleave_keep_one_contiguous_log(engine: sa.Engine, tmp_
     assert first.root() == second.root() == mth(leaves)
     first.checkpoint()
     assert second.verify().ok
+
+
+def test_verify_reports_progress_up_to_the_log_size(tmp_path: Path) -> None:
+    """Verify-now in the review app shows how far a long run got; the last report is the whole log."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'progress.db'}")
+    upgrade_ledger_schema(engine)
+    ledger = Ledger(engine, LedgerConfig(key_dir=tmp_path / "keys", anchor_dir=None))
+    ledger.append_many([{"kind": "k", "actor": "a", "payload": {"n": n}} for n in range(25)])
+    seen: list[int] = []
+    assert ledger.verify(progress=seen.append).ok
+    assert seen and seen[-1] == 25 and seen == sorted(seen)

@@ -395,6 +395,7 @@ def test_verify_now_runs_and_is_recorded(app_client: TestClient, seeded: tuple[S
         job = client.get(f"/review/api/ledger/verify/{job['id']}").json()
     assert job["stage"] == "done" and job["ok"] is True
     assert job["checkpoints_checked"] >= 1
+    assert job["entries_checked"] == job["size"] >= job["entries_at_start"] > 0  # progress reached the end
     recorded = seeded[0].ledger.entry(job["ledger_entry"])
     assert recorded.kind == "review.ledger_verified" and recorded.payload and recorded.payload["ok"] is True
 

@@ -110,7 +110,10 @@ function initLedger() {
     if (!started.ok) { status.textContent = `Could not start: HTTP ${started.status}`; button.disabled = false; return; }
     let job = await started.json();
     while (job.stage === "running") {
-      status.textContent = `Verifying ${job.entries_at_start} entries… ${Math.round(Date.now() / 1000 - job.started_at)} s`;
+      const total = Math.max(job.entries_at_start, 1);
+      const done = Math.min(job.entries_checked || 0, total);
+      if (done > 0) { bar.value = done / total; }
+      status.textContent = `Verifying: ${done} of ${job.entries_at_start} entries re-hashed (${Math.round((100 * done) / total)} %), ${Math.round(Date.now() / 1000 - job.started_at)} s`;
       await new Promise((resolve) => setTimeout(resolve, 250));
       job = await (await fetch(`/review/api/ledger/verify/${job.id}`, { credentials: "same-origin" })).json();
     }
