@@ -70,7 +70,7 @@ def test_model_config_defaults_and_bounds() -> None:
         None,
         "auto",
         False,
-        96,
+        4096,
         4,
     )
     assert ModelConfig.model_validate({"path": "/models/x"}).path == Path("/models/x")
