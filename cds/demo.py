@@ -152,6 +152,12 @@ def run_demo(settings: Settings, *, keep_running: bool = False) -> int:
             console.print(f"[b red]Ledger verification FAILED at index {verification.first_bad_index}[/]")
             return 1
         console.print("[b green]Demo complete.[/]")
+        console.print(
+            escape(
+                f"Serve what it produced: VERITRACE_HOME={settings.home} "
+                f"VERITRACE_CDS_ISSUERS_FILE={ehr.issuers_file} veritrace api"
+            )
+        )
         if keep_running:
             console.print("Services stay up; press Ctrl-C to stop.")
             try:
