@@ -1,4 +1,4 @@
-"""The review app is mounted only with a sign-in method; `veritrace review add-user` provides the local one."""
+"""The review app is mounted only with a sign-in method; `veritrace review add-user` gives the local one."""
 
 from __future__ import annotations
 
