@@ -24,7 +24,7 @@ from sqlalchemy import select
 from cds.composition import Components
 from cds.demo_ehr import DemoEhr
 from cds.demo_model import ensure_demo_model
-from cds.demo_study import build_demo_ct_study, send_study
+from cds.demo_study import build_demo_ct_study, store_instances
 from cds.settings import Settings
 from integrations.store.models import Analysis, Report, Study
 
@@ -132,9 +132,10 @@ def run_demo(settings: Settings, *, keep_running: bool = False) -> int:
         paths = build_demo_ct_study(study_dir, patient_id=DEMO_PATIENT)
         study_uid = str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
         with _step(console, f"Sent a {len(paths)}-slice CT study over DICOM (C-STORE)"):
-            accepted = send_study(
+            statuses = store_instances(
                 paths, host=settings.dicom_host, port=settings.dicom_port, called_ae=settings.dicom_ae_title
             )
+            accepted = statuses.count(0x0000)
             if accepted != len(paths):
                 raise RuntimeError(f"SCP accepted {accepted} of {len(paths)} instances")
         with _step(console, f"Study stable after {settings.stable_age:g} s, analysed, draft written to FHIR"):

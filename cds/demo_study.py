@@ -9,7 +9,6 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 
 def build_demo_ct_study(out_dir: Path, *, patient_id: str, slices: int = 3, seed: int = 7) -> list[Path]:
@@ -37,21 +36,18 @@ def build_demo_ct_study(out_dir: Path, *, patient_id: str, slices: int = 3, seed
     return paths
 
 
-def send_study(
+def store_instances(
     paths: list[Path], *, host: str, port: int, called_ae: str, calling_ae: str = "DEMO_PACS"
-) -> int:
-    """C-STORE every file over one association; returns how many the SCP accepted."""
+) -> list[int]:
+    """C-STORE every file over one association, as a PACS would; returns each DIMSE status in order."""
     ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(CTImageStorage, dcmread(paths[0]).file_meta.TransferSyntaxUID)
+    datasets = [dcmread(path) for path in paths]
+    for dataset in datasets:
+        ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
     assoc = ae.associate(host, port, ae_title=called_ae)
     if not assoc.is_established:
         raise RuntimeError(f"association to {called_ae}@{host}:{port} was not established")
-    accepted = 0
     try:
-        for path in paths:
-            status = assoc.send_c_store(dcmread(path))
-            if status and status.Status == 0x0000:
-                accepted += 1
+        return [int(assoc.send_c_store(dataset).Status) for dataset in datasets]
     finally:
         assoc.release()
-    return accepted

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pydicom import dcmread
-from pynetdicom import AE
 from sqlalchemy import select
 
-from cds.demo_study import build_demo_ct_study
+from cds.demo_study import build_demo_ct_study, store_instances
 from integrations.dicom.status import STATUS_PROCESSING_FAILURE, STATUS_SUCCESS
 from integrations.store.models import Instance
 from tests.conftest import PG_ADMIN_DSN
@@ -35,16 +33,7 @@ def _set_connections(database: str, allowed: bool) -> None:
 
 
 def _send(port: int, paths: list[Path]) -> list[int]:
-    ae = AE(ae_title="TEST_PACS")
-    datasets = [dcmread(path) for path in paths]
-    for dataset in datasets:
-        ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
-    association = ae.associate("127.0.0.1", port, ae_title="VERITRACE")
-    assert association.is_established
-    try:
-        return [int(association.send_c_store(dataset).Status) for dataset in datasets]
-    finally:
-        association.release()
+    return store_instances(paths, host="127.0.0.1", port=port, called_ae="VERITRACE", calling_ae="TEST_PACS")
 
 
 def test_scp_refuses_during_outage_and_resend_succeeds(deployment: Deployment) -> None:

@@ -13,11 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
-from pynetdicom import AE
 from sqlalchemy import func, select
 
-from cds.demo_study import build_demo_ct_study
+from cds.demo_study import build_demo_ct_study, store_instances
 from integrations.dicom.config import DicomConfig
 from integrations.dicom.scp import StorageScp
 from integrations.dicom.status import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
@@ -51,16 +49,7 @@ def small_spool(tmp_path: Path) -> Iterator[Path]:
 
 
 def _send(port: int, paths: list[Path]) -> list[int]:
-    ae = AE(ae_title="TEST_PACS")
-    datasets = [dcmread(path) for path in paths]
-    for dataset in datasets:
-        ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
-    association = ae.associate("127.0.0.1", port, ae_title="VERITRACE")
-    assert association.is_established
-    try:
-        return [int(association.send_c_store(dataset).Status) for dataset in datasets]
-    finally:
-        association.release()
+    return store_instances(paths, host="127.0.0.1", port=port, called_ae="VERITRACE", calling_ae="TEST_PACS")
 
 
 def _intact(path: Path) -> bool:

@@ -50,3 +50,16 @@ def postgres_database(prefix: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def dicom_store_for(backend: str, tmp_path: Path, prefix: str) -> Iterator[DicomStore]:
+    """The body of a store fixture parametrised over "sqlite" and "postgres" (a database of its own)."""
+    if backend == "sqlite":
+        made = make_dicom_store(tmp_path)
+        yield made
+        made.engine.dispose()
+        return
+    with postgres_database(prefix) as url:
+        made = make_dicom_store(tmp_path, url)
+        yield made
+        made.engine.dispose()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dicom_support import DicomStore, make_dicom_store, postgres_database  # type: ignore[import-not-found]
+from dicom_support import DicomStore, dicom_store_for, make_dicom_store  # type: ignore[import-not-found]
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
@@ -24,15 +24,7 @@ from integrations.store.models import Instance, Study
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DicomStore]:
-    if request.param == "sqlite":
-        made = make_dicom_store(tmp_path)
-        yield made
-        made.engine.dispose()
-        return
-    with postgres_database("vt_dicomscp") as url:
-        made = make_dicom_store(tmp_path, url)
-        yield made
-        made.engine.dispose()
+    yield from dicom_store_for(request.param, tmp_path, "vt_dicomscp")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dicom_support import DicomStore, make_dicom_store, postgres_database  # type: ignore[import-not-found]
+from dicom_support import DicomStore, dicom_store_for  # type: ignore[import-not-found]
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,15 +24,7 @@ T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DicomStore]:
-    if request.param == "sqlite":
-        made = make_dicom_store(tmp_path)
-        yield made
-        made.engine.dispose()
-        return
-    with postgres_database("vt_dicom") as url:
-        made = make_dicom_store(tmp_path, url)
-        yield made
-        made.engine.dispose()
+    yield from dicom_store_for(request.param, tmp_path, "vt_dicom")
 
 
 @pytest.fixture
