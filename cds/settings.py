@@ -8,6 +8,7 @@ defaults, so a single machine runs with no configuration at all and a cluster ov
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +17,7 @@ from audit.config import LedgerConfig
 from audit.review.config import OidcConfig, ReviewConfig
 from integrations.dicom.config import DicomConfig, RoutingRules, SrDestination
 from integrations.fhir.config import FhirConfig
+from integrations.fhir.smart_backend import SmartBackendConfig
 from integrations.store.config import StoreConfig
 from model.config import ModelConfig
 
@@ -28,6 +30,13 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     fhir_base_url: str | None = None
     fhir_timeout_s: float = 10.0
+    # SMART Backend Services registration of the worker at the EHR (all of token URL, client id, key).
+    fhir_smart_token_url: str | None = None
+    fhir_smart_client_id: str | None = None
+    fhir_smart_private_key_file: Path | None = None
+    fhir_smart_key_id: str | None = None
+    fhir_smart_algorithm: Literal["RS384", "ES384"] = "RS384"
+    fhir_smart_scope: str = "system/Patient.read system/Observation.read system/DiagnosticReport.write"
     model_path: Path | None = None
     # Cap on tokens of one generated report; None keeps the runtime's default (room for a whole report).
     model_max_new_tokens: int | None = None
@@ -139,7 +148,17 @@ class Settings(BaseSettings):
         )
 
     def fhir_config(self) -> FhirConfig:
-        return FhirConfig(base_url=self.fhir_base_url, timeout_s=self.fhir_timeout_s)
+        smart = None
+        if self.fhir_smart_token_url and self.fhir_smart_client_id and self.fhir_smart_private_key_file:
+            smart = SmartBackendConfig(
+                token_url=self.fhir_smart_token_url,
+                client_id=self.fhir_smart_client_id,
+                private_key_path=self.fhir_smart_private_key_file,
+                key_id=self.fhir_smart_key_id or self.fhir_smart_client_id,
+                algorithm=self.fhir_smart_algorithm,
+                scope=self.fhir_smart_scope,
+            )
+        return FhirConfig(base_url=self.fhir_base_url, timeout_s=self.fhir_timeout_s, smart=smart)
 
     def model_settings(self) -> ModelConfig:
         if self.model_max_new_tokens is None:

@@ -26,17 +26,17 @@ def write_back_report(runtime: WorkerRuntime, report_id: str) -> str | None:
         patient_id, study_uid, analysis_id = report.patient_id, report.study_uid, report.analysis_id
         markdown = report.markdown
 
-    client = FhirClient(config.base_url, timeout_s=config.timeout_s, token=config.bearer_token)
-    written = write_draft_report(
-        client,
-        patient_id=patient_id,
-        study_uid=study_uid,
-        analysis_id=analysis_id,
-        conclusion=" ".join(s.text for s in draft.impression)[:1000] or "See findings.",
-        statements=[*draft.findings, *draft.impression],
-        presented_text=markdown,
-        model_device=identity,
-    )
+    with FhirClient.from_config(config) as client:
+        written = write_draft_report(
+            client,
+            patient_id=patient_id,
+            study_uid=study_uid,
+            analysis_id=analysis_id,
+            conclusion=" ".join(s.text for s in draft.impression)[:1000] or "See findings.",
+            statements=[*draft.findings, *draft.impression],
+            presented_text=markdown,
+            model_device=identity,
+        )
     with runtime.session_factory() as session:
         stored = session.get(Report, report_id)
         assert stored is not None

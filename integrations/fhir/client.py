@@ -115,6 +115,10 @@ class FhirClient:
         """Build from ``FhirConfig``; raises ``ValueError`` when no ``base_url`` is configured."""
         if not config.base_url:
             raise ValueError("FhirConfig.base_url is not set: no FHIR server is configured")
+        if auth is None and config.smart is not None:
+            from integrations.fhir.smart_backend import shared_smart_auth
+
+            auth = shared_smart_auth(config.smart)
         return cls(
             config.base_url,
             timeout_s=config.timeout_s,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from integrations.fhir.smart_backend import SmartBackendConfig
+
 
 class FhirConfig(BaseModel):
     """Where the EHR's FHIR server is and how to talk to it.
@@ -15,3 +17,6 @@ class FhirConfig(BaseModel):
     base_url: str | None = None
     timeout_s: float = Field(default=10.0, gt=0)
     bearer_token: str | None = None
+    # SMART Backend Services (client credentials + signed JWT assertion) for background access: hook
+    # tokens are short-lived, so the worker holds its own registration at the EHR.
+    smart: SmartBackendConfig | None = None

@@ -222,3 +222,17 @@ def _load_private_key(pem: bytes, algorithm: Algorithm) -> Any:
     ):
         raise ValueError("ES384 needs an EC private key on curve P-384")
     return key
+
+
+_shared: dict[tuple[Any, ...], SmartBackendAuth] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_smart_auth(config: SmartBackendConfig) -> SmartBackendAuth:
+    """One auth per registration per process, so every FhirClient of a worker reuses the cached token
+    instead of asking the authorisation server for a new one per task."""
+    key = tuple(config.model_dump().values())
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = SmartBackendAuth.from_config(config)
+        return _shared[key]

@@ -33,6 +33,7 @@ from integrations.fhir.smart_backend import (
     SmartBackendAuth,
     SmartBackendConfig,
     discover_token_url,
+    shared_smart_auth,
 )
 
 
@@ -262,3 +263,33 @@ def test_config_reads_key_file(tmp_path: Path) -> None:
     assert claims["iss"] == claims["sub"] == "c"
     assert 0 < claims["exp"] - time.time() <= 300
     assert isinstance(auth, httpx.Auth)
+
+
+def test_worker_settings_use_smart_backend_with_one_shared_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VERITRACE_FHIR_SMART_* make every worker FhirClient authenticate; tokens are shared per process."""
+    from cds.settings import Settings
+
+    keys = KeyPair.make("ES384")
+    client_reg = {"client_id": "vt-worker", "jwks": {"keys": [keys.jwk("w1")]}, "scopes": "system/*.*"}
+    with LocalFhirServer(tmp_path / "srv", smart_clients=(client_reg,)) as server:
+        key_path = tmp_path / "worker.pem"
+        key_path.write_bytes(keys.private_pem)
+        for name, value in {
+            "VERITRACE_FHIR_BASE_URL": server.base_url,
+            "VERITRACE_FHIR_SMART_TOKEN_URL": server.token_url,
+            "VERITRACE_FHIR_SMART_CLIENT_ID": "vt-worker",
+            "VERITRACE_FHIR_SMART_PRIVATE_KEY_FILE": str(key_path),
+            "VERITRACE_FHIR_SMART_KEY_ID": "w1",
+            "VERITRACE_FHIR_SMART_ALGORITHM": "ES384",
+            "VERITRACE_FHIR_SMART_SCOPE": "system/*.read system/*.write",
+        }.items():
+            monkeypatch.setenv(name, value)
+        config = Settings().fhir_config()
+        assert config.smart is not None
+        with FhirClient.from_config(config) as first:
+            first.update({"resourceType": "Patient", "id": "smart-worker-1"})
+        with FhirClient.from_config(config) as second:
+            assert second.read("Patient", "smart-worker-1")["id"] == "smart-worker-1"
+        assert shared_smart_auth(config.smart).tokens_fetched == 1
