@@ -104,8 +104,27 @@ def _spawn(args: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "cds.cli", *args], stdout=log, stderr=log)
 
 
+def _wait_dicom(settings: Settings, processes: list[subprocess.Popen[bytes]], timeout_s: float = 90) -> None:
+    """The `dicom` process migrates and opens its port on its own schedule: C-ECHO until it answers."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for process in processes:
+            if process.poll() is not None:
+                raise AssertionError(f"{process.args} exited with {process.returncode}")
+        echo = subprocess.run(
+            ["echoscu", "-aec", settings.dicom_ae_title, settings.dicom_host, str(settings.dicom_port)],
+            capture_output=True,
+            timeout=30,
+        )
+        if echo.returncode == 0:
+            return
+        time.sleep(0.3)
+    raise AssertionError("the DICOM SCP did not answer C-ECHO")
+
+
 def _run_path(settings: Settings, processes: list[subprocess.Popen[bytes]], fhir_base_url: str) -> None:
     _wait_http(f"{settings.resolved_public_base_url}/cds-services", processes)
+    _wait_dicom(settings, processes)
 
     study_dir = settings.resolved_home / "incoming"
     paths = build_demo_ct_study(study_dir, patient_id=PATIENT, slices=3)
