@@ -71,7 +71,11 @@ def _us(value: bytes) -> int:
 def _ui(value: bytes | None) -> str | None:
     if value is None:
         return None
-    text = value.rstrip(b"\x00 ").decode("ascii", errors="replace")
+    try:
+        text = value.rstrip(b"\x00 ").decode("ascii")
+    except UnicodeDecodeError as exc:
+        # A UID is digits and dots (PS3.5 9.1); one that is not ASCII could not be echoed in the response.
+        raise CommandError("UI command element is not ASCII") from exc
     return text or None
 
 

@@ -102,7 +102,11 @@ def read_header(header: bytes) -> tuple[int, int]:
 
 
 def _uid(raw: bytes | memoryview) -> str:
-    return bytes(raw).rstrip(b"\x00 ").decode("ascii", errors="replace")
+    """UIDs are digits and dots (PS3.5 9.1); a non-ASCII one could not even be echoed back in the AC."""
+    try:
+        return bytes(raw).rstrip(b"\x00 ").decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise PduError("UID item is not ASCII") from exc
 
 
 def _ae(raw: bytes) -> str:

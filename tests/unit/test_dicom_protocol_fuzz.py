@@ -1,0 +1,225 @@
+"""Fuzzing the DICOM upper-layer and DIMSE decoders (hypothesis): arbitrary and mutated bytes.
+
+`pdu.parse_associate_rq`, `pdu.iter_pdvs` and `dimse_command.decode_command` read bytes straight off the
+network. Whatever arrives, each may only return a value or raise its module's protocol error (PduError,
+CommandError), which the association turns into an A-ABORT. What they return must also be usable by the
+code that answers it (A-ASSOCIATE-AC, the DIMSE response), since that runs on the same bytes.
+
+Seeds are real encodings (pynetdicom's A-ASSOCIATE-RQ, pydicom's command sets, our P-DATA-TF); the
+mutations are the ones a broken or hostile peer produces: bit flips, truncation, inserted bytes and
+length fields set to their edge values. Example counts are small and the runs derandomized, so this stays
+a few seconds in CI and fails the same way on every machine.
+"""
+
+from __future__ import annotations
+
+import struct
+from io import BytesIO
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import build_context
+from pynetdicom.transport import AddressInformation
+
+from integrations.dicom import pdu
+from integrations.dicom.association import negotiate_context, rejection_for
+from integrations.dicom.config import DicomConfig
+from integrations.dicom.dimse_command import (
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    CommandError,
+    decode_command,
+    encode_response,
+)
+
+FUZZ = settings(
+    max_examples=400,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+CT = "1.2.840.10008.5.1.4.1.1.2"
+ACCEPTOR = DicomConfig(spool_dir=Path("spool-unused"), port=0)
+# The values fuzzers favour for a single byte: NUL, space, ".", DEL and the first and last non-ASCII.
+INTERESTING_BYTES = [0x00, 0x20, 0x2E, 0x7F, 0x80, 0xFF]
+EDGE_LENGTHS = [0, 1, 2, 3, 4, 5, 6, 0x7F, 0xFF, 0x7FFF, 0xFFFF, 0x10000, 0x7FFFFFFF, 0xFFFFFFFF]
+
+
+def associate_rq_body() -> bytes:
+    """An A-ASSOCIATE-RQ body (after the 6-byte header) as pynetdicom encodes it."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = pdu.APPLICATION_CONTEXT
+    primitive.calling_ae_title = "PACS"
+    primitive.called_ae_title = "VERITRACE"
+    primitive.calling_presentation_address = AddressInformation("127.0.0.1", 1)
+    primitive.called_presentation_address = AddressInformation("127.0.0.1", 2)
+    contexts = [
+        build_context(CT, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]),
+        build_context("1.2.840.10008.1.1"),
+        # Refused contexts too: the AC echoes their first transfer syntax (PS3.8 9.3.3.2).
+        build_context("1.3.6.1.4.1.99999.1.1", ["1.2.3.999"]),
+        build_context("1.2.840.10008.5.1.4.1.2.1.1", ["1.2.840.10008.1.2.1"]),  # Q/R FIND: not storage
+        build_context(CT, ["1.2.840.10008.1.2.4.999", "1.2.3.4.5.6.7.8"]),
+    ]
+    for number, context in enumerate(contexts):
+        context.context_id = 2 * number + 1
+    primitive.presentation_context_definition_list = contexts
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 16382
+    primitive.user_information = [maximum]
+    request = A_ASSOCIATE_RQ()
+    request.from_primitive(primitive)
+    return bytes(request.encode())[6:]
+
+
+def command_set(**elements: object) -> bytes:
+    ds = Dataset()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = True, True  # PS3.7: command sets are implicit VR LE
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+ASSOCIATE_RQ = associate_rq_body()
+COMMANDS = [
+    command_set(
+        AffectedSOPClassUID=CT,
+        CommandField=C_STORE_RQ,
+        MessageID=7,
+        Priority=0,
+        CommandDataSetType=0x0000,
+        AffectedSOPInstanceUID="1.2.3.4.5",
+    ),
+    command_set(AffectedSOPClassUID="1.2.840.10008.1.1", CommandField=C_ECHO_RQ, MessageID=1),
+]
+P_DATA_BODIES = [
+    pdu.build_p_data(1, COMMANDS[0], is_command=True, max_pdu_length=0)[6:],
+    pdu.build_p_data(3, bytes(range(200)), is_command=False, max_pdu_length=0)[6:],
+]
+
+
+@st.composite
+def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
+    """A seed after one to four mutations: bit flip, byte set, truncation, insertion, edge-value length."""
+    data = bytearray(draw(st.sampled_from(seeds)))
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "set", "truncate", "insert", "length16", "length32"]))
+        at = draw(st.integers(0, max(len(data) - 1, 0)))
+        if kind == "flip" and data:
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set" and data:
+            data[at] = draw(st.sampled_from(INTERESTING_BYTES) | st.integers(0, 255))
+        elif kind == "truncate":
+            del data[at:]
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        elif kind == "length16" and at + 2 <= len(data):
+            value = draw(st.sampled_from([v for v in EDGE_LENGTHS if v <= 0xFFFF]))
+            big = draw(st.booleans())  # PDU items are big endian, command elements little endian
+            data[at : at + 2] = struct.pack(">H" if big else "<H", value)
+        elif kind == "length32" and at + 4 <= len(data):
+            big = draw(st.booleans())
+            data[at : at + 4] = struct.pack(">L" if big else "<L", draw(st.sampled_from(EDGE_LENGTHS)))
+    return bytes(data)
+
+
+def _check_associate_request(raw: bytes) -> None:
+    try:
+        request = pdu.parse_associate_rq(raw)
+    except pdu.PduError:
+        return
+    assert request.application_context
+    assert all(c.abstract_syntax and c.transfer_syntaxes for c in request.contexts)
+    # What the acceptor does next with a parsed request must not fail on it either.
+    rejection_for(request, ACCEPTOR)
+    accept = pdu.AssociateAccept(
+        called_ae=raw[4:20],
+        calling_ae=raw[20:36],
+        contexts=[negotiate_context(context) for context in request.contexts],
+        max_pdu_length=16384,
+        implementation_class_uid="1.2.3.4",
+    )
+    answer = pdu.build_associate_ac(accept)
+    assert pdu.read_header(answer[:6]) == (pdu.A_ASSOCIATE_AC, len(answer) - 6)
+
+
+def test_the_seed_associate_request_parses() -> None:
+    request = pdu.parse_associate_rq(ASSOCIATE_RQ)
+    assert [c.context_id for c in request.contexts] == [1, 3, 5, 7, 9]
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_arbitrary_bytes_as_associate_request(raw: bytes) -> None:
+    _check_associate_request(raw)
+
+
+@FUZZ
+@given(mutated([ASSOCIATE_RQ]))
+def test_mutated_associate_requests(raw: bytes) -> None:
+    _check_associate_request(raw)
+
+
+@FUZZ
+@given(st.binary(min_size=6, max_size=6))
+def test_any_six_bytes_are_a_pdu_header(raw: bytes) -> None:
+    pdu_type, length = pdu.read_header(raw)
+    assert 0 <= pdu_type <= 0xFF and 0 <= length <= 0xFFFFFFFF
+
+
+def _check_pdvs(raw: bytes) -> None:
+    try:
+        pdvs = list(pdu.iter_pdvs(memoryview(raw)))
+    except pdu.PduError:
+        return
+    # Every PDV item is 4 length bytes, context id, control header and its data: nothing is lost or
+    # invented, so the data lengths account for the body exactly.
+    assert sum(6 + len(p.data) for p in pdvs) == len(raw)
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_as_p_data(raw: bytes) -> None:
+    _check_pdvs(raw)
+
+
+@FUZZ
+@given(mutated(P_DATA_BODIES))
+def test_mutated_p_data(raw: bytes) -> None:
+    _check_pdvs(raw)
+
+
+def _check_command(raw: bytes) -> None:
+    try:
+        command = decode_command(raw)
+    except CommandError:
+        return
+    # The SCP answers every command it decoded; the answer must encode and decode back.
+    response = read_dataset(
+        BytesIO(encode_response(command, 0xC000)), is_implicit_VR=True, is_little_endian=True
+    )
+    assert response.CommandField == command.command_field | 0x8000
+    assert response.MessageIDBeingRespondedTo == command.message_id and response.Status == 0xC000
+    assert response.get("AffectedSOPInstanceUID") == command.affected_sop_instance
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_as_command_set(raw: bytes) -> None:
+    _check_command(raw)
+
+
+@FUZZ
+@given(mutated(COMMANDS))
+def test_mutated_command_sets(raw: bytes) -> None:
+    _check_command(raw)
