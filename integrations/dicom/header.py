@@ -10,7 +10,6 @@ and answered with a failure status instead of being indexed as a good instance.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +18,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from integrations.dicom.header_scan import scan_instance_header
+from integrations.dicom.instance_header import InstanceHeader, UnreadableDataset
+
+__all__ = ["InstanceHeader", "UnreadableDataset", "read_instance_header", "read_instance_header_with_pydicom"]
 
 _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
 # Only these are converted; the others are walked (so framing errors still surface) but not decoded.
@@ -39,31 +43,22 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
-class UnreadableDataset(ValueError):
-    """The received bytes are not a DICOM dataset we can index; the message never contains values."""
-
-
-@dataclass(frozen=True)
-class InstanceHeader:
-    """What the index stores about one instance. `patient_id` is PHI: never log it."""
-
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    modality: str | None
-    body_part: str | None
-    patient_id: str | None
-    accession_number: str | None
-
-
 def _stop_at_pixels(tag: BaseTag, _vr: str | None, _length: int) -> bool:
     return int(tag) in _PIXEL_TAGS
 
 
 def read_instance_header(path: Path) -> InstanceHeader:
-    """Parse a Part 10 file's index attributes. Raises UnreadableDataset on anything malformed."""
+    """Parse a Part 10 file's index attributes. Raises UnreadableDataset on anything malformed.
+
+    The direct scan answers for the files we receive day to day; pydicom decides the rest."""
+    scanned = scan_instance_header(path)
+    if scanned is not None:
+        return scanned
+    return read_instance_header_with_pydicom(path)
+
+
+def read_instance_header_with_pydicom(path: Path) -> InstanceHeader:
+    """The authoritative (slower) reader: any transfer syntax, character set or odd encoding."""
     size = path.stat().st_size
     try:
         with path.open("rb") as fp:
