@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -66,7 +67,9 @@ def facts_from(header: InstanceHeader, spooled: SpooledFile) -> InstanceFacts:
 class InstanceReceiver:
     def __init__(self, spool: Spool, session_factory: Callable[[], Session], batcher: ReceiptBatcher) -> None:
         self.spool = spool
-        self._session_factory = session_factory
+        with session_factory() as session:
+            bind = session.get_bind()
+        self._engine: Engine = bind if isinstance(bind, Engine) else bind.engine
         self._batcher = batcher
         self._study_ids = StudyIds()
 
@@ -123,9 +126,11 @@ class InstanceReceiver:
         return ReceiveResult(STATUS_SUCCESS, outcome=recorded.outcome, sha256=spooled.sha256)
 
     def _index(self, header: InstanceHeader, spooled: SpooledFile, calling_ae: str) -> RecordedInstance:
-        with self._session_factory() as session, session.begin():
+        # A bare Connection, not a Session: on this path the ORM session's bookkeeping cost more than the
+        # statements themselves.
+        with self._engine.begin() as connection:
             recorded = record_instance(
-                session,
+                connection,
                 facts_from(header, spooled),
                 calling_ae=calling_ae,
                 now=datetime.now(UTC),

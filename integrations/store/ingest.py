@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Connection, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -82,8 +82,8 @@ _TOUCH_STUDY = (
 _INSERTS: dict[tuple[str, str], Any] = {}
 
 
-def _insert_for(session: Session, table: Any) -> Any:
-    dialect = session.get_bind().dialect.name
+def _insert_for(connection: Connection, table: Any) -> Any:
+    dialect = connection.dialect.name
     if dialect == "postgresql":
         return postgresql.insert(table)
     if dialect == "sqlite":
@@ -91,12 +91,14 @@ def _insert_for(session: Session, table: Any) -> Any:
     raise NotImplementedError(f"ingest supports PostgreSQL and SQLite, not {dialect}")
 
 
-def _insert_ignoring_conflict(session: Session, table: Any, keys: list[str], returning: Any | None) -> Any:
+def _insert_ignoring_conflict(
+    connection: Connection, table: Any, keys: list[str], returning: Any | None
+) -> Any:
     """INSERT ... ON CONFLICT (keys) DO NOTHING [RETURNING], built once per dialect and table."""
-    cache_key = (session.get_bind().dialect.name, str(table.name))
+    cache_key = (connection.dialect.name, str(table.name))
     stmt = _INSERTS.get(cache_key)
     if stmt is None:
-        stmt = _insert_for(session, table).on_conflict_do_nothing(index_elements=keys)
+        stmt = _insert_for(connection, table).on_conflict_do_nothing(index_elements=keys)
         if returning is not None:
             stmt = stmt.returning(returning)
         _INSERTS[cache_key] = stmt
@@ -127,11 +129,12 @@ class StudyIds:
                 self._ids.popitem(last=False)
 
 
-def ensure_study(session: Session, facts: InstanceFacts, *, calling_ae: str | None, now: datetime) -> int:
+def ensure_study(
+    connection: Connection, facts: InstanceFacts, *, calling_ae: str | None, now: datetime
+) -> int:
     """Return the study's id, creating the row if this is its first instance (race-safe)."""
-    connection = session.connection()
     connection.execute(
-        _insert_ignoring_conflict(session, _STUDIES, ["study_uid"], None),
+        _insert_ignoring_conflict(connection, _STUDIES, ["study_uid"], None),
         {
             "study_uid": facts.study_uid,
             "patient_id": facts.patient_id,
@@ -148,7 +151,7 @@ def ensure_study(session: Session, facts: InstanceFacts, *, calling_ae: str | No
 
 
 def record_instance(
-    session: Session,
+    target: Session | Connection,
     facts: InstanceFacts,
     *,
     calling_ae: str | None,
@@ -157,20 +160,23 @@ def record_instance(
 ) -> RecordedInstance:
     """Index one instance version; the caller commits. A repeat of known bytes changes nothing.
 
+    `target` is the caller's transaction: a Session (STOW-RS, tests) or a bare Connection (the SCP's hot
+    path, where the ORM session's own bookkeeping cost more than the statements).
+
     `study_ids` is only read here: the caller adds the study's id after its commit, so an id from a
     rolled-back transaction is never remembered.
     """
+    connection = target.connection() if isinstance(target, Session) else target
     study_id = study_ids.get(facts.study_uid) if study_ids is not None else None
     if study_id is None:
-        study_id = ensure_study(session, facts, calling_ae=calling_ae, now=now)
-    connection = session.connection()
+        study_id = ensure_study(connection, facts, calling_ae=calling_ae, now=now)
     versions = connection.execute(_SELECT_VERSIONS, {"b_sop_uid": facts.sop_instance_uid}).all()
     for instance_id, sha256 in versions:
         if sha256 == facts.sha256:
             return RecordedInstance(study_id, instance_id, IngestOutcome.DUPLICATE)
     conflict = bool(versions)
     inserted = connection.execute(
-        _insert_ignoring_conflict(session, _INSTANCES, ["sop_instance_uid", "sha256"], _INSTANCES.c.id),
+        _insert_ignoring_conflict(connection, _INSTANCES, ["sop_instance_uid", "sha256"], _INSTANCES.c.id),
         {
             "study_id": study_id,
             "series_uid": facts.series_uid,
@@ -187,7 +193,7 @@ def record_instance(
         },
     ).scalar_one_or_none()
     if inserted is None:  # another association indexed the same bytes a moment ago
-        existing = session.execute(
+        existing = connection.execute(
             select(Instance.id).where(
                 Instance.sop_instance_uid == facts.sop_instance_uid, Instance.sha256 == facts.sha256
             )
