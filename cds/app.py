@@ -145,9 +145,10 @@ def create_app(
     review_config = settings.review_config()
     if review_config is not None:
         from audit.review import build_review_router
+        from integrations.dicom.spool import open_spool
         from integrations.store.review_source import SqlTraceSource
 
-        source = SqlTraceSource(session_factory, settings.dicom_config().spool_dir)
+        source = SqlTraceSource(session_factory, open_spool(settings.dicom_config(), audit=ledger))
         app.include_router(build_review_router(source, ledger, review_config))
     return app
 
@@ -160,6 +161,7 @@ def _mount_viewer(
     http: httpx.AsyncClient,
 ) -> None:
     from cds.viewer import ViewerConfig, build_viewer_router
+    from integrations.dicom.spool import open_spool
 
     assert settings.viewer_client_id is not None
     config = ViewerConfig(
@@ -174,7 +176,7 @@ def _mount_viewer(
             config,
             session_factory=session_factory,
             ledger=ledger,
-            spool_dir=settings.dicom_config().spool_dir,
+            spool=open_spool(settings.dicom_config(), audit=ledger),
             http=http,
         )
     )
@@ -184,11 +186,10 @@ def _mount_stow(
     app: FastAPI, settings: Settings, session_factory: sessionmaker[Session], ledger: Ledger
 ) -> None:
     """STOW-RS lands in the same spool and index as the SCP; off unless a PACS has a token."""
-    from integrations.dicom.spool import Spool
+    from integrations.dicom.spool import open_spool
     from integrations.dicomweb.stow import make_stow_router
 
-    dicom = settings.dicom_config()
-    spool = Spool(dicom.spool_dir, min_free_bytes=dicom.min_free_bytes, fsync=dicom.fsync)
+    spool = open_spool(settings.dicom_config(), audit=ledger)
     app.include_router(
         make_stow_router(
             spool=spool,

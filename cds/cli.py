@@ -132,6 +132,7 @@ def demo(
 def _mount_subcommands() -> None:
     from audit import Ledger
     from audit.cli import build_audit_cli
+    from cds.data_protection_cli import build_retention_cli, build_spool_cli
     from cds.ops_cli import build_tasks_cli
     from cds.review_cli import review_app
     from model.cli import build_model_cli
@@ -145,6 +146,8 @@ def _mount_subcommands() -> None:
     app.add_typer(build_model_cli(), name="model")
     app.add_typer(review_app, name="review")
     app.add_typer(build_tasks_cli(_components), name="tasks")
+    app.add_typer(build_spool_cli(Settings), name="spool")
+    app.add_typer(build_retention_cli(_components), name="retention")
 
 
 _mount_subcommands()

@@ -74,6 +74,7 @@ class Components:
             enqueue_sr_export=self.enqueue_sr_export,
             sr_destination=dicom.sr_destination,
             dicom_ae_title=dicom.ae_title,
+            spool_key_file=dicom.spool_key_file,
         )
 
     def install_worker_runtime(self) -> None:

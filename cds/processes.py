@@ -71,15 +71,27 @@ def dicom_gateway(components: Components) -> Iterator[None]:
     )
     tracker.requeue_pending()
     stop = threading.Event()
-    thread = threading.Thread(target=tracker.run, args=(stop,), name="stable-study-tracker", daemon=True)
+    threads = [threading.Thread(target=tracker.run, args=(stop,), name="stable-study-tracker", daemon=True)]
+    retention = components.settings.retention_config()
+    if retention.enabled:
+        # The dicom process owns the spool's writes, runs on every install (`serve` included) and has no
+        # scheduler to depend on; runs are exclusive across processes, so N dicom processes are fine.
+        from integrations.ops.retention import run_periodically
+
+        retention_args = (components.engine, scp.spool, components.ledger, retention, stop)
+        threads.append(
+            threading.Thread(target=run_periodically, args=retention_args, name="retention", daemon=True)
+        )
     scp.start()
-    thread.start()
+    for thread in threads:
+        thread.start()
     try:
         yield
     finally:
         stop.set()
         scp.stop()
-        thread.join(timeout=10)
+        for thread in threads:
+            thread.join(timeout=10)
 
 
 @contextmanager

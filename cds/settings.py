@@ -18,6 +18,7 @@ from audit.review.config import OidcConfig, ReviewConfig
 from integrations.dicom.config import DicomConfig, RoutingRules, SrDestination
 from integrations.fhir.config import FhirConfig
 from integrations.fhir.smart_backend import SmartBackendConfig
+from integrations.ops.retention_config import RetentionConfig
 from integrations.store.config import StoreConfig
 from model.config import ModelConfig
 
@@ -54,6 +55,8 @@ class Settings(BaseSettings):
     dicom_allowed_calling_aets: list[str] = Field(default_factory=list)
     stable_age: float = 5.0
     spool_dir: Path | None = None
+    # Encrypt spooled files at rest with the key in this file (`veritrace spool create-key`); unset: off.
+    spool_key_file: Path | None = None
     dicom_allowed_calling_hosts: list[str] = Field(default_factory=list)
     dicom_max_associations: int = 10
     dicom_min_free_bytes: int = 512 * 1024 * 1024
@@ -92,6 +95,11 @@ class Settings(BaseSettings):
     viewer_frame_ancestors: list[str] = Field(default_factory=list)
     ledger_origin: str = "veritrace.local/ledger"
     ledger_anchor_url: str | None = None
+    # Retention in days, unset = keep forever: spool files of finished studies, stored decision traces.
+    # The audit ledger is never pruned. The dicom process purges every retention_interval_s.
+    retention_spool_days: int | None = Field(default=None, ge=1)
+    retention_trace_days: int | None = Field(default=None, ge=1)
+    retention_interval_s: float = Field(default=6 * 3600.0, gt=0)
 
     @property
     def resolved_home(self) -> Path:
@@ -117,6 +125,13 @@ class Settings(BaseSettings):
     def store_config(self) -> StoreConfig:
         return StoreConfig(database_url=self.resolved_database_url)
 
+    def retention_config(self) -> RetentionConfig:
+        return RetentionConfig(
+            spool_days=self.retention_spool_days,
+            trace_days=self.retention_trace_days,
+            interval_s=self.retention_interval_s,
+        )
+
     def dicom_config(self) -> DicomConfig:
         return DicomConfig(
             ae_title=self.dicom_ae_title,
@@ -138,6 +153,7 @@ class Settings(BaseSettings):
             tls_key_file=self.dicom_tls_key_file,
             tls_ca_file=self.dicom_tls_ca_file,
             sr_destination=self._sr_destination(),
+            spool_key_file=self.spool_key_file,
         )
 
     def _sr_destination(self) -> SrDestination | None:

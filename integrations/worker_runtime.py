@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from audit import Ledger
 from integrations.dicom.config import SrDestination
+from integrations.dicom.spool import Spool
+from integrations.dicom.spool_key import load_spool_key
 from integrations.fhir.config import FhirConfig
 from model.config import ModelConfig
 
@@ -41,8 +43,12 @@ class WorkerRuntime:
     knowledge_tools: bool = True
     # Seconds between worker heartbeats in the database (integrations.ops.health).
     heartbeat_interval_s: float = 10.0
+    # The spool's key file when files are encrypted at rest (None: plaintext spool).
+    spool_key_file: Path | None = None
     _vlm: LoadedVlm | None = field(default=None, repr=False)
     _vlm_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _spool: Spool | None = field(default=None, repr=False)
+    _spool_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def engine(self) -> Engine:
@@ -51,6 +57,14 @@ class WorkerRuntime:
         if not isinstance(bind, Engine):
             raise TypeError("the worker's session factory must be bound to an Engine")
         return bind
+
+    def spool(self) -> Spool:
+        """The spool every reader opens files through (sealed files need the key); built on first use."""
+        with self._spool_lock:
+            if self._spool is None:
+                key = load_spool_key(self.spool_key_file) if self.spool_key_file is not None else None
+                self._spool = Spool(self.spool_dir, key=key, audit=self.ledger)
+            return self._spool
 
     def vlm(self) -> LoadedVlm:
         with self._vlm_lock:

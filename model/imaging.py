@@ -10,16 +10,15 @@ vision tower expects. Pixel data stays in this process: only `ImageRef`s go into
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, pixel_array
 
+from model.dicom_source import DicomFile, read_dicom, source_name
 from model.report import ImageRef
 from model.series_selection import select_frames, select_images
 from model.windowing import grayscale_to_uint8
@@ -42,20 +41,21 @@ class ModelImage:
     description: str
 
 
-def _read(path: Path) -> Dataset:
+def _read(source: DicomFile) -> Dataset:
+    name = source_name(source)
     try:
-        ds = dcmread(path)
+        ds = read_dicom(source)
     except (InvalidDicomError, OSError) as exc:
-        raise DicomImageError(f"{path.name}: not a readable DICOM file ({type(exc).__name__})") from exc
+        raise DicomImageError(f"{name}: not a readable DICOM file ({type(exc).__name__})") from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise DicomImageError(f"{path.name}: has no pixel data (SOP class {ds.get('SOPClassUID', '?')})")
+        raise DicomImageError(f"{name}: has no pixel data (SOP class {ds.get('SOPClassUID', '?')})")
     return ds
 
 
-def _ref(ds: Dataset, path: Path, frame: int) -> ImageRef:
+def _ref(ds: Dataset, name: str, frame: int) -> ImageRef:
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)]
     if missing:
-        raise DicomImageError(f"{path.name}: missing {', '.join(missing)}")
+        raise DicomImageError(f"{name}: missing {', '.join(missing)}")
     return ImageRef(
         study_uid=str(ds.StudyInstanceUID),
         series_uid=str(ds.SeriesInstanceUID),
@@ -124,7 +124,7 @@ def frame_count(ds: Dataset) -> int:
 
 
 def load_model_image(
-    dicom_path: Path,
+    dicom_path: DicomFile,
     *,
     preset: str | None = None,
     frame: int | None = None,
@@ -132,35 +132,36 @@ def load_model_image(
 ) -> ModelImage:
     """Decode one frame of `dicom_path` (the middle one when `frame` is None) into a model image.
 
+    `dicom_path` is a path or a stored object (e.g. an encrypted spool file, decrypted as it is read).
     `preset` is a CT window (lung, mediastinum, bone, brain); without one the file's VOI LUT or window
     is used, else its 0.5–99.5 percentile range. MONOCHROME1 is inverted; colour becomes RGB.
     """
-    path = Path(dicom_path)
-    ds = _read(path)
+    name = source_name(dicom_path)
+    ds = _read(dicom_path)
     try:
-        return _decode(path, ds, preset, frame, max_side)
+        return _decode(name, ds, preset, frame, max_side)
     except DicomImageError:
         raise
     except (AttributeError, KeyError, TypeError, IndexError) as exc:  # malformed headers
-        raise DicomImageError(f"{path.name}: malformed image attributes: {exc}") from exc
+        raise DicomImageError(f"{name}: malformed image attributes: {exc}") from exc
 
 
-def _decode(path: Path, ds: Dataset, preset: str | None, frame: int | None, max_side: int) -> ModelImage:
+def _decode(name: str, ds: Dataset, preset: str | None, frame: int | None, max_side: int) -> ModelImage:
     frames = frame_count(ds)
     index = frames // 2 if frame is None else frame
     if not 0 <= index < frames:
-        raise DicomImageError(f"{path.name}: frame {index} out of range 0..{frames - 1}")
+        raise DicomImageError(f"{name}: frame {index} out of range 0..{frames - 1}")
     try:
         arr = pixel_array(ds, index=index if frames > 1 else None)
     except (RuntimeError, NotImplementedError, ValueError, AttributeError) as exc:
         syntax = ds.file_meta.get("TransferSyntaxUID", "?") if hasattr(ds, "file_meta") else "?"
-        raise DicomImageError(f"{path.name}: pixel data could not be decoded ({syntax}): {exc}") from exc
+        raise DicomImageError(f"{name}: pixel data could not be decoded ({syntax}): {exc}") from exc
     if arr.ndim == 3 and arr.shape[-1] != 3 and int(ds.get("SamplesPerPixel", 1)) == 1:
         arr = arr[0]  # a single-frame read that still carries a frame axis
     display = _to_display(np.asarray(arr), ds, preset, index)
     image = Image.fromarray(display, mode="RGB" if display.ndim == 3 else "L")
     return ModelImage(
         image=_square_and_bound(image, ds, max_side),
-        ref=_ref(ds, path, index),
+        ref=_ref(ds, name, index),
         description=_describe(ds, index, frames, preset),
     )

@@ -20,32 +20,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Generic
 
 import numpy as np
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+
+from model.dicom_source import SourceT, read_dicom, source_order
 
 NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "KO", "PR", "REG"})
 AXIAL_TOLERANCE = 0.8  # |normal . z| above this counts as axial (within about 37 degrees)
 
 
 @dataclass(frozen=True)
-class _Instance:
-    path: Path
+class _Instance(Generic[SourceT]):
+    path: SourceT
     position: float
     instance_number: int
     frames: int = 1
 
 
 @dataclass
-class _Series:
+class _Series(Generic[SourceT]):
     uid: str
     number: int
     original: bool
     axial: bool
-    instances: list[_Instance] = field(default_factory=list)
+    instances: list[_Instance[SourceT]] = field(default_factory=list)
 
     def rank(self) -> tuple[int, int, int, int]:
         frames = sum(i.frames for i in self.instances)
@@ -69,7 +70,7 @@ def _is_image(ds: Dataset) -> bool:
     return "LOCALIZER" not in image_type
 
 
-def _series_of(ds: Dataset, series: dict[str, _Series]) -> _Series:
+def _series_of(ds: Dataset, series: dict[str, _Series[SourceT]]) -> _Series[SourceT]:
     uid = str(ds.get("SeriesInstanceUID", ""))
     if uid not in series:
         image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
@@ -106,29 +107,32 @@ def _frames(ds: Dataset) -> int:
         return 1
 
 
-def select_images(dicom_paths: Sequence[Path], max_images: int) -> list[Path]:
+def select_images(dicom_paths: Sequence[SourceT], max_images: int) -> list[SourceT]:
     """Pick at most `max_images` instances of a study following the module's rules (best series first)."""
     return list(dict.fromkeys(path for path, _ in select_frames(dicom_paths, max_images)))
 
 
-def select_frames(dicom_paths: Sequence[Path], max_images: int) -> list[tuple[Path, int]]:
-    """Pick at most `max_images` (path, frame) pairs following the module's rules (best series first)."""
+def select_frames(dicom_paths: Sequence[SourceT], max_images: int) -> list[tuple[SourceT, int]]:
+    """Pick at most `max_images` (path, frame) pairs following the module's rules (best series first).
+
+    Paths may be plain paths or stored objects (`model.dicom_source`); the ones chosen are returned as given.
+    """
     if max_images < 1:
         raise ValueError(f"max_images must be at least 1, got {max_images}")
-    series: dict[str, _Series] = {}
+    series: dict[str, _Series[SourceT]] = {}
     for path in dicom_paths:
         try:
-            ds = dcmread(path, stop_before_pixels=True)
+            ds = read_dicom(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError):
             continue
         if not _is_image(ds):
             continue
         _series_of(ds, series).instances.append(
-            _Instance(Path(path), _position(ds), int(ds.get("InstanceNumber") or 0), _frames(ds))
+            _Instance(path, _position(ds), int(ds.get("InstanceNumber") or 0), _frames(ds))
         )
-    chosen: list[tuple[Path, int]] = []
+    chosen: list[tuple[SourceT, int]] = []
     for s in sorted(series.values(), key=_Series.rank):
-        ordered = sorted(s.instances, key=lambda i: (i.position, i.instance_number, str(i.path)))
+        ordered = sorted(s.instances, key=lambda i: (i.position, i.instance_number, source_order(i.path)))
         stack = [(inst.path, frame) for inst in ordered for frame in range(inst.frames)]
         left = max_images - len(chosen)
         chosen += [stack[i] for i in evenly_spaced(len(stack), left)]

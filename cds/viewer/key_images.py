@@ -7,10 +7,10 @@ model used (``model.imaging.load_model_image``), windowed with a named preset, a
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Literal
 
 from cds.viewer.errors import ViewerRefusal
+from integrations.dicom.spool import Spool, SpoolIntegrityError, is_purged
 from model.imaging import DicomImageError, load_model_image
 from model.windowing import CT_PRESETS
 
@@ -19,19 +19,30 @@ MAX_SIDE: dict[str, int] = {"thumb": 192, "large": 768}
 PRESETS: tuple[str, ...] = ("default", *sorted(CT_PRESETS))
 
 
-def render_png(spool_dir: Path, spool_path: str, *, frame: int, preset: str, size: ImageSize) -> bytes:
+def render_png(spool: Spool, spool_path: str, *, frame: int, preset: str, size: ImageSize) -> bytes:
     """Decode one frame and return PNG bytes; raises ``ViewerRefusal`` for a bad preset or file."""
     if preset not in PRESETS:
         raise ViewerRefusal(400, "Unknown window preset", f"choose one of {', '.join(PRESETS)}.")
-    root = spool_dir.resolve()
-    path = (root / spool_path).resolve()
-    if not path.is_relative_to(root):
-        raise ViewerRefusal(404, "Image not found", "the instance is outside the spool.")
+    if is_purged(spool_path):
+        raise ViewerRefusal(410, "Image removed", "the retention policy deleted this image.")
+    try:
+        spool.absolute(spool_path)
+    except ValueError as exc:
+        raise ViewerRefusal(404, "Image not found", "the instance is outside the spool.") from exc
     try:
         image = load_model_image(
-            path, preset=None if preset == "default" else preset, frame=frame, max_side=MAX_SIDE[size]
+            spool.stored(spool_path),
+            preset=None if preset == "default" else preset,
+            frame=frame,
+            max_side=MAX_SIDE[size],
         )
-    except (DicomImageError, ValueError, OSError) as exc:
+    except DicomImageError as exc:
+        if isinstance(exc.__cause__, SpoolIntegrityError):
+            raise ViewerRefusal(
+                500, "The stored image failed its integrity check", "the incident is in the audit log."
+            ) from exc
+        raise ViewerRefusal(422, "The image cannot be rendered", type(exc).__name__) from exc
+    except (ValueError, OSError) as exc:
         raise ViewerRefusal(422, "The image cannot be rendered", type(exc).__name__) from exc
     buffer = io.BytesIO()
     image.image.save(buffer, format="PNG", optimize=False)

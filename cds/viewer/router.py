@@ -14,7 +14,6 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -40,6 +39,7 @@ from cds.viewer.report_view import evidence_item, instance_path, load_report_vie
 from cds.viewer.smart_discovery import discover
 from cds.viewer.token_exchange import exchange_code
 from cds.viewer.user_identity import user_from_id_token
+from integrations.dicom.spool import Spool
 from integrations.store.models import Report
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def build_viewer_router(
     *,
     session_factory: sessionmaker[Session],
     ledger: Ledger,
-    spool_dir: Path,
+    spool: Spool,
     http: httpx.AsyncClient | None = None,
     launch_store: LaunchStore | None = None,
 ) -> APIRouter:
@@ -315,7 +315,7 @@ def build_viewer_router(
                 relative = instance_path(db, report_id=session.report_id, instance_id=instance_id)
             if relative is None:
                 raise ViewerRefusal(404, "Image not found", "It is not part of this draft's study.")
-            return render_png(spool_dir, relative, frame=frame, preset=preset, size=size)
+            return render_png(spool, relative, frame=frame, preset=preset, size=size)
 
         return Response(await to_thread.run_sync(render), media_type="image/png")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from integrations.fhir.client import FhirClient
@@ -17,12 +16,13 @@ from integrations.tools.icd10cm import icd10cm_tools
 from integrations.tools.imaging import imaging_tools
 from integrations.tools.rare_disease import fhir_active_conditions, rare_disease_tools
 from integrations.worker_runtime import WorkerRuntime
+from model.dicom_source import DicomFile
 from model.tools import Tool, ToolRegistry
 
 
 @contextmanager
 def study_tool_registries(
-    runtime: WorkerRuntime, patient_id: str, spool_paths: Sequence[Path], *, patient_matched: bool
+    runtime: WorkerRuntime, patient_id: str, spool_paths: Sequence[DicomFile], *, patient_matched: bool
 ) -> Iterator[Callable[[], ToolRegistry]]:
     """Yields a factory: each attempt at a study (e.g. a retry with fewer images) gets a fresh budget."""
     tools: list[Tool[Any]] = [*imaging_tools(list(spool_paths)), *icd10cm_tools()]

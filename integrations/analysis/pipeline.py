@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from integrations.analysis.agent_tools import study_tool_registries
 from integrations.analysis.patient_context import read_context_for_study
 from integrations.analysis.report_markdown import overall_severity, render_report_markdown, summarise
-from integrations.dicom.study_files import study_instance_paths
+from integrations.dicom.study_files import study_instance_files
 from integrations.store.models import Analysis, Report, Study
 from integrations.tools.rare_disease_signals import signals_from_trace
 from integrations.worker_runtime import WorkerRuntime
@@ -51,7 +51,7 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
         study = session.get(Study, analysis.study_id)
         assert study is not None
         study_uid, dicom_patient_id = study.study_uid, study.patient_id
-        paths = study_instance_paths(session, analysis_id, runtime.spool_dir)
+        paths = study_instance_files(session, analysis_id, runtime.spool())
         # Audited before the status changes: a kill in between leaves an audited start, never a silent one.
         ledger = runtime.ledger
         ledger.append(
@@ -65,7 +65,7 @@ def run_analysis(runtime: WorkerRuntime, analysis_id: str) -> str | None:
         session.commit()
     started = time.perf_counter()
 
-    present = [path for path in paths if path.is_file()]
+    present = [path for path in paths if path.exists()]
     chosen = select_frames(present, runtime.model.max_images)
     if not chosen:
         # Nothing the model can look at (files gone, or no image objects): a draft from no images would

@@ -82,6 +82,8 @@ class DicomConfig(BaseModel):
     sr_destination: SrDestination | None = None
     # One ledger entry per association and study, flushed at the latest after this many instances.
     ledger_batch_size: int = 256
+    # Encrypt spooled files at rest with the key in this file (`veritrace spool create-key`); None: off.
+    spool_key_file: Path | None = None
 
     @field_validator("ae_title")
     @classmethod

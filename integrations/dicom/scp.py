@@ -25,7 +25,7 @@ from integrations.dicom.audit_port import AuditLedger
 from integrations.dicom.config import DicomConfig
 from integrations.dicom.receipts import ReceiptBatcher
 from integrations.dicom.receive import InstanceReceiver
-from integrations.dicom.spool import Spool
+from integrations.dicom.spool import Spool, open_spool
 
 LOG = logging.getLogger(__name__)
 
@@ -56,9 +56,7 @@ class StorageScp:
         spool: Spool | None = None,
     ) -> None:
         self.config = config
-        self.spool = spool or Spool(
-            config.spool_dir, min_free_bytes=config.min_free_bytes, fsync=config.fsync
-        )
+        self.spool = spool or open_spool(config, audit=ledger)
         self.batcher = ReceiptBatcher(
             ledger, actor=f"dicom-scp:{config.ae_title}", batch_size=config.ledger_batch_size
         )

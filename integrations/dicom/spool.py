@@ -1,10 +1,18 @@
-"""The spool: received DICOM files, content-addressed by SHA-256, written atomically.
+"""The spool: received DICOM files, content-addressed by SHA-256, written atomically, optionally encrypted.
 
 Why content addressing: file names must never come from raw UIDs (they are attacker-controlled and may
 carry PHI-like structure), a duplicate with the same bytes lands on the same path (so no second copy), and
 a different version of the same SOP Instance UID gets its own path (so both are kept). Files are hashed
 while written, fsynced, then renamed into place; a crash leaves at most a stray file under `tmp/`, which
-`sweep_tmp` removes at start-up. Nothing under `objects/` is ever deleted by the gateway.
+`sweep_tmp` removes at start-up. Files under `objects/` are deleted only by the retention purge
+(`integrations/ops/retention.py`), which first marks their index rows (`purged_marker`).
+
+Encryption at rest (on when the spool is given a key): each object is sealed as it moves from `tmp/` into
+`objects/` (format in `spool_cipher`). Digest and size stay those of the plaintext DICOM bytes, so
+duplicates, conflicts and "byte-identical" keep meaning the DICOM content, and a spool may hold plaintext
+files from before encryption was turned on next to sealed ones. `tmp/` holds the plaintext of an instance
+only while it is being received (the receiver reads its header from there). Every reader goes through
+`open_plaintext` (or `stored(...).open_binary()`), which tells the two kinds apart by their header.
 """
 
 from __future__ import annotations
@@ -12,15 +20,68 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
+import logging
 import os
 import shutil
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, BinaryIO
 
+from integrations.dicom.spool_cipher import (
+    HEADER_SIZE,
+    SealingWriter,
+    SpoolIntegrityError,
+    UnsealingReader,
+    is_sealed,
+)
+from integrations.dicom.spool_key import SpoolKey, load_spool_key
+
+if TYPE_CHECKING:
+    from integrations.dicom.audit_port import AuditLedger
+    from integrations.dicom.config import DicomConfig
+
+LOG = logging.getLogger(__name__)
 _CHUNK = 1024 * 1024
+# Index rows whose file the retention purge deleted keep their path behind this prefix (never a real path).
+PURGED_PREFIX = "purged:"
+INTEGRITY_FAILED = "spool.integrity_failed"
+ACTOR = "veritrace-spool"
+_READ_BUFFER = 64 * 1024
+
+__all__ = [
+    "PURGED_PREFIX",
+    "IncomingFile",
+    "Spool",
+    "SpoolIntegrityError",
+    "SpoolKeyUnavailable",
+    "SpoolObjectPurged",
+    "SpooledFile",
+    "StoredObject",
+    "WrittenFile",
+    "is_purged",
+    "open_spool",
+    "purged_marker",
+]
+
+
+class SpoolObjectPurged(FileNotFoundError):
+    """The index row says the retention purge deleted this file."""
+
+
+class SpoolKeyUnavailable(OSError):
+    """The file is encrypted and this process has no spool key (VERITRACE_SPOOL_KEY_FILE unset)."""
+
+
+def purged_marker(relative_path: str) -> str:
+    """What a purged row's `spool_path` becomes: the old path stays visible and never resolves to a file."""
+    return relative_path if is_purged(relative_path) else PURGED_PREFIX + relative_path
+
+
+def is_purged(spool_path: str) -> bool:
+    return spool_path.startswith(PURGED_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -34,12 +95,25 @@ class SpooledFile:
 
 
 class Spool:
-    """Content-addressed file store under one root directory."""
+    """Content-addressed file store under one root directory; sealed at rest when given a `key`.
 
-    def __init__(self, root: Path, *, min_free_bytes: int = 0, fsync: bool = True) -> None:
+    `audit` receives one ledger entry per file that fails authentication when read.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        min_free_bytes: int = 0,
+        fsync: bool = True,
+        key: SpoolKey | None = None,
+        audit: AuditLedger | None = None,
+    ) -> None:
         self.root = root.resolve()
         self.min_free_bytes = min_free_bytes
         self.fsync = fsync
+        self.key = key
+        self._audit = audit
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
         self._made_dirs: set[Path] = set()
@@ -75,6 +149,8 @@ class Spool:
         if target.exists():
             temp_path.unlink(missing_ok=True)
             return SpooledFile(relative, digest, size, already_present=True)
+        if self.key is not None:
+            return self._seal_file(temp_path, relative, digest, size)
         if self.fsync and written is None:
             _fsync_path(temp_path)
         try:
@@ -88,7 +164,101 @@ class Spool:
 
     def write_stream(self, chunks: Iterable[bytes]) -> SpooledFile:
         """Write bytes arriving in pieces (STOW-RS parts, generated SR), hashing as they are written."""
+        if self.key is not None:
+            return self._write_sealed(chunks)
         return self._write_from(chunks)
+
+    def open_plaintext(self, relative_path: str) -> BinaryIO:
+        """The DICOM bytes of a spooled file, plaintext or sealed alike: readable, seekable, to be closed.
+
+        Raises `SpoolObjectPurged` for a path the retention purge marked, `FileNotFoundError` for a missing
+        file, `SpoolKeyUnavailable` for a sealed file without a key, and `SpoolIntegrityError` (audited)
+        for a sealed file that fails authentication. Memory stays at about one chunk whatever the size.
+        """
+        if is_purged(relative_path):
+            raise SpoolObjectPurged(f"spool object {relative_path.removeprefix(PURGED_PREFIX)} was purged")
+        raw = self.absolute(relative_path).open("rb")
+        try:
+            if not is_sealed(raw.read(HEADER_SIZE)):
+                raw.seek(0)
+                return raw
+            if self.key is None:
+                raise SpoolKeyUnavailable(
+                    f"spool object {relative_path} is encrypted and no spool key is configured"
+                )
+            reader = UnsealingReader(
+                raw,
+                self.key,
+                label=relative_path,
+                on_failure=lambda problem: self._audit_integrity_failure(relative_path, problem),
+            )
+        except BaseException:
+            raw.close()
+            raise
+        return io.BufferedReader(reader, buffer_size=_READ_BUFFER)
+
+    def stored(self, relative_path: str) -> StoredObject:
+        """A handle the model and tools read through (`model.dicom_source.StoredDicom`)."""
+        return StoredObject(self, relative_path)
+
+    def is_encrypted(self, relative_path: str) -> bool:
+        """Whether the file on disk is sealed (for tests and operators; readers never need to ask)."""
+        with self.absolute(relative_path).open("rb") as raw:
+            return is_sealed(raw.read(HEADER_SIZE))
+
+    def remove(self, relative_path: str) -> int | None:
+        """Delete a spooled file (retention only); returns the bytes freed on disk, None if it was gone."""
+        path = self.absolute(relative_path.removeprefix(PURGED_PREFIX))
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return None
+        return size
+
+    def _audit_integrity_failure(self, relative_path: str, problem: str) -> None:
+        LOG.error("spool object %s failed its integrity check: %s", relative_path, problem)
+        if self._audit is None:
+            return
+        try:
+            self._audit.append(INTEGRITY_FAILED, ACTOR, {"spool_path": relative_path, "problem": problem})
+        except Exception as exc:  # the read still fails; an unwritable ledger must not hide that
+            LOG.error("could not audit a spool integrity failure (%s)", type(exc).__name__)
+
+    def _seal_file(self, source: Path, relative: str, digest: str, size: int) -> SpooledFile:
+        """Seal a finished plaintext temp file into `target`, checking it still has the digest it had."""
+        with source.open("rb") as plaintext:
+            spooled = self._write_sealed(iter(lambda: plaintext.read(_CHUNK), b""))
+        source.unlink(missing_ok=True)
+        if (spooled.sha256, spooled.size_bytes) != (digest, size):
+            # The temp file changed between receipt and sealing: never index bytes we did not receive.
+            if not spooled.already_present:
+                self.remove(spooled.relative_path)
+            raise SpoolIntegrityError(f"spool temp file changed before sealing (expected {relative})")
+        return spooled
+
+    def _write_sealed(self, chunks: Iterable[bytes]) -> SpooledFile:
+        temp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        assert self.key is not None
+        hasher = hashlib.sha256()
+        size = 0
+        try:
+            with temp.open("wb") as out:
+                sealer = SealingWriter(out, self.key)
+                for chunk in chunks:
+                    hasher.update(chunk)
+                    sealer.write(chunk)
+                    size += len(chunk)
+                sealer.finish()
+                _flush(out, self.fsync)
+            digest = hasher.hexdigest()
+            relative, target = self._object_path(digest)
+            if target.exists():
+                return SpooledFile(relative, digest, size, already_present=True)
+            os.replace(temp, target)
+            return SpooledFile(relative, digest, size, already_present=False)
+        finally:
+            temp.unlink(missing_ok=True)
 
     def sweep_tmp(self) -> int:
         """Remove leftovers of writes interrupted by a crash; returns how many were removed."""
@@ -129,6 +299,37 @@ class Spool:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._made_dirs.add(target.parent)
         return relative, target
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One spooled file as readers see it: a name for messages and the plaintext on `open_binary()`."""
+
+    spool: Spool
+    relative_path: str
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.relative_path.removeprefix(PURGED_PREFIX)).name
+
+    def open_binary(self) -> BinaryIO:
+        return self.spool.open_plaintext(self.relative_path)
+
+    def exists(self) -> bool:
+        if is_purged(self.relative_path):
+            return False
+        try:
+            return self.spool.absolute(self.relative_path).is_file()
+        except ValueError:
+            return False
+
+
+def open_spool(config: DicomConfig, *, audit: AuditLedger | None = None) -> Spool:
+    """The spool `config` describes, with its key when `spool_key_file` is set (a bad key file raises)."""
+    key = load_spool_key(config.spool_key_file) if config.spool_key_file is not None else None
+    return Spool(
+        config.spool_dir, min_free_bytes=config.min_free_bytes, fsync=config.fsync, key=key, audit=audit
+    )
 
 
 @dataclass(frozen=True)

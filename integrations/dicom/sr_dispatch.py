@@ -15,7 +15,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Protocol
 
 from pydicom.uid import generate_uid
@@ -27,7 +26,7 @@ from integrations.dicom.config import SrDestination
 from integrations.dicom.spool import Spool
 from integrations.dicom.sr_export import build_draft_sr, load_evidence
 from integrations.dicom.sr_sender import KIND_FAILED, SrExporter, Verdict
-from integrations.dicom.study_files import study_instance_paths
+from integrations.dicom.study_files import study_instance_files
 from integrations.store.models import Report, SrExport
 from model.report import DraftReport
 
@@ -45,8 +44,7 @@ class SrExportRuntime(Protocol):
     @property
     def ledger(self) -> AuditLedger: ...
 
-    @property
-    def spool_dir(self) -> Path: ...
+    def spool(self) -> Spool: ...
 
     @property
     def sr_destination(self) -> SrDestination | None: ...
@@ -92,7 +90,7 @@ def export_draft_sr(runtime: SrExportRuntime, report_id: str, *, now: datetime |
     if destination is None:
         return SrDispatch(DispatchState.DISABLED)
     now = now or datetime.now(UTC)
-    spool = Spool(runtime.spool_dir, fsync=True)
+    spool = runtime.spool()
     exporter = SrExporter(
         runtime.session_factory, spool, runtime.ledger, destination, calling_ae=runtime.dicom_ae_title
     )
@@ -109,7 +107,7 @@ def export_draft_sr(runtime: SrExportRuntime, report_id: str, *, now: datetime |
         ).scalar_one_or_none()
         if export_id is None:
             draft = DraftReport.model_validate(report.body)
-            paths = study_instance_paths(session, analysis_id, spool.root)
+            paths = study_instance_files(session, analysis_id, spool)
     if export_id is None:
         try:
             sr = build_draft_sr(draft, load_evidence(paths), sop_instance_uid=sr_uid_for(report_id))

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from pathlib import Path
 
 import highdicom as hd
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from model.dicom_source import DicomFile, read_dicom
 from model.report import DraftReport, Statement
 
 TITLE = Code("18748-4", "LN", "Diagnostic imaging report")
@@ -75,9 +74,9 @@ def _supported_character_set(ds: Dataset) -> None:
     ds.SpecificCharacterSet = "ISO_IR 192"
 
 
-def load_evidence(paths: Sequence[Path]) -> list[Dataset]:
+def load_evidence(paths: Sequence[DicomFile]) -> list[Dataset]:
     """Source instances without pixel data: highdicom copies patient / study attributes from them."""
-    return [dcmread(path, stop_before_pixels=True) for path in paths]
+    return [read_dicom(path, stop_before_pixels=True) for path in paths]
 
 
 def _image_refs(statement: Statement, by_sop: dict[str, Dataset]) -> list[hd.sr.ImageContentItem]:

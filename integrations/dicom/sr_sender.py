@@ -16,9 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
-from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from sqlalchemy import select
@@ -28,6 +26,7 @@ from integrations.dicom.audit_port import AuditLedger
 from integrations.dicom.config import SrDestination
 from integrations.dicom.spool import Spool
 from integrations.store.models import Analysis, SrExport, Study
+from model.dicom_source import DicomFile, read_dicom
 
 LOG = logging.getLogger(__name__)
 ACTOR = "dicom-sr-export"
@@ -51,9 +50,9 @@ def classify(status: int) -> Verdict:
     return Verdict.FAILED
 
 
-def c_store_file(path: Path, destination: SrDestination, calling_ae: str) -> int:
+def c_store_file(path: DicomFile, destination: SrDestination, calling_ae: str) -> int:
     """One association, one C-STORE; returns the status or NO_STATUS. Every step has a timeout."""
-    dataset = dcmread(path)
+    dataset = read_dicom(path)
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout_s
     ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
@@ -98,7 +97,7 @@ class SrExporter:
         destination: SrDestination,
         *,
         calling_ae: str = "VERITRACE",
-        send: Callable[[Path, SrDestination, str], int] = c_store_file,
+        send: Callable[[DicomFile, SrDestination, str], int] = c_store_file,
     ) -> None:
         self._session_factory = session_factory
         self._spool = spool
@@ -172,7 +171,7 @@ class SrExporter:
         with self._session_factory() as session:
             export = session.get(SrExport, export_id)
             assert export is not None
-            path = self._spool.absolute(export.spool_path)
+            path = self._spool.stored(export.spool_path)
         try:
             status = self._send(path, self.destination, self._calling_ae)
         except (OSError, RuntimeError, ValueError) as exc:

@@ -13,8 +13,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
-from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,6 +33,9 @@ from audit.review.source import (
     TraceDetail,
 )
 from integrations.store.models import Analysis, AnalysisInstance, Card, Feedback, Instance, Report, Study
+
+if TYPE_CHECKING:
+    from integrations.dicom.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +103,11 @@ def statement_views(body: dict[str, Any] | None) -> list[StatementView]:
 
 
 class SqlTraceSource:
-    """``TraceSource`` over the store's SQLAlchemy models; ``spool_dir`` enables thumbnails."""
+    """``TraceSource`` over the store's SQLAlchemy models; ``spool`` enables thumbnails."""
 
-    def __init__(self, session_factory: sessionmaker[Session], spool_dir: Path | None = None) -> None:
+    def __init__(self, session_factory: sessionmaker[Session], spool: Spool | None = None) -> None:
         self._sessions = session_factory
-        self._spool_dir = spool_dir
+        self._spool = spool
 
     # ------------------------------------------------------------------------------------------ list
 
@@ -281,7 +283,7 @@ class SqlTraceSource:
         )
 
     def thumbnail_png(self, analysis_id: str, position: int, max_side: int) -> bytes | None:
-        if self._spool_dir is None:
+        if self._spool is None:
             return None
         with self._sessions() as session:
             analysis = session.get(Analysis, analysis_id)
@@ -302,13 +304,13 @@ class SqlTraceSource:
             )
         if spool_path is None:
             return None
-        path = (self._spool_dir / spool_path).resolve()
-        if not path.is_relative_to(self._spool_dir.resolve()) or not path.is_file():
-            return None
         from model.imaging import DicomImageError, load_model_image
 
         try:
-            image = load_model_image(path, frame=wanted.frame, max_side=max_side).image
+            stored = self._spool.stored(spool_path)
+            if not stored.exists():
+                return None
+            image = load_model_image(stored, frame=wanted.frame, max_side=max_side).image
         except (DicomImageError, ValueError, OSError) as exc:
             log.warning("thumbnail not rendered: %s", type(exc).__name__)
             return None

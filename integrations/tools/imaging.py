@@ -14,19 +14,18 @@ import hashlib
 import json
 from collections.abc import Sequence
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 from pydantic import Field, model_validator
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, pixel_array
 
 from integrations.tools.study_index import IndexedInstance, IndexedSeries, StudyIndex
+from model.dicom_source import DicomFile, read_dicom
 from model.report import EvidenceItem, Laterality
 from model.tools import PatientScope, PatientScopedArguments, Tool, ToolFailure, ToolImage, ToolResult
 from model.verification import EvidenceFacts, FactQuantity
@@ -137,7 +136,7 @@ def _quantity(value: float | None, unit: str) -> list[FactQuantity]:
 class ImagingTools:
     """The imaging tools over one study's files; ``tools()`` gives them to a registry."""
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, paths: Sequence[DicomFile]) -> None:
         self.index = StudyIndex(list(paths))
 
     def _series(self, series_uid: str) -> IndexedSeries:
@@ -239,7 +238,7 @@ class ImagingTools:
         if frame >= instance.frames:
             raise ToolFailure(f"frame {frame} out of range 0..{instance.frames - 1}")
         try:
-            ds = dcmread(instance.path)
+            ds = read_dicom(instance.path)
             stored = pixel_array(ds, index=frame if instance.frames > 1 else None)
         except (InvalidDicomError, OSError, RuntimeError, NotImplementedError, ValueError) as exc:
             raise ToolFailure(f"pixel data of instance {position} could not be decoded") from exc
@@ -389,6 +388,6 @@ def _enlarge(image: Image.Image) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS)
 
 
-def imaging_tools(paths: Sequence[Path]) -> list[Tool[Any]]:
+def imaging_tools(paths: Sequence[DicomFile]) -> list[Tool[Any]]:
     """The imaging tools over one study's files (the spool paths of the analysis)."""
     return ImagingTools(paths).tools()

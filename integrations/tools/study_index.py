@@ -8,13 +8,12 @@ simply not found). Headers are read once, lazily, the first time a tool needs th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from model.dicom_source import DicomFile, read_dicom, source_name
 from model.report import ImageRef
 
 
@@ -22,7 +21,7 @@ from model.report import ImageRef
 class IndexedInstance:
     """One instance: where it is, its UIDs and how many frames it has."""
 
-    path: Path
+    path: DicomFile
     study_uid: str
     series_uid: str
     sop_uid: str
@@ -54,14 +53,14 @@ def _frames(ds: Dataset) -> int:
 
 def _order_key(instance: IndexedInstance) -> tuple[Any, ...]:
     number = instance.instance_number
-    return (number is None, number if number is not None else 0, instance.path.name)
+    return (number is None, number if number is not None else 0, source_name(instance.path))
 
 
 class StudyIndex:
     """Series and instances of the files given; unreadable files are counted, not raised."""
 
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = [Path(p) for p in paths]
+    def __init__(self, paths: list[DicomFile]) -> None:
+        self.paths = list(paths)
         self._series: dict[str, IndexedSeries] | None = None
         self.unreadable = 0
 
@@ -75,7 +74,7 @@ class StudyIndex:
         found: dict[str, IndexedSeries] = {}
         for path in self.paths:
             try:
-                ds = dcmread(path, stop_before_pixels=True)
+                ds = read_dicom(path, stop_before_pixels=True)
             except (InvalidDicomError, OSError, ValueError):
                 self.unreadable += 1
                 continue

@@ -25,6 +25,7 @@ from audit import Ledger, LedgerConfig
 from audit.keys import ensure_signing_key
 from audit.review import ReviewConfig, build_review_router, hash_password
 from integrations.analysis.pipeline import report_body
+from integrations.dicom.spool import Spool
 from integrations.store.config import StoreConfig
 from integrations.store.engine import make_engine, make_session_factory
 from integrations.store.migrate import upgrade_database
@@ -324,6 +325,6 @@ def write_local_users(tmp_path: Path) -> Path:
 def review_app(store: SeededStore, config: ReviewConfig) -> FastAPI:
     """A small app with only the review router: what ``cds.app`` mounts, without the CDS routes."""
     app = FastAPI()
-    source = SqlTraceSource(store.session_factory, store.spool_dir)
+    source = SqlTraceSource(store.session_factory, Spool(store.spool_dir))
     app.include_router(build_review_router(source, store.ledger, config))
     return app

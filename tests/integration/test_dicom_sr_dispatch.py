@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from audit import Ledger
 from integrations.dicom.config import DicomConfig, SrDestination
 from integrations.dicom.scp import StorageScp
+from integrations.dicom.spool import Spool
 from integrations.dicom.sr_dispatch import DispatchState, export_draft_sr, sr_uid_for
 from integrations.dicom.stability import StableStudyTracker
 from integrations.dicom.synthetic import SR_COMPREHENSIVE_STORAGE, make_image
@@ -37,6 +38,9 @@ class Runtime:
     spool_dir: Path
     sr_destination: SrDestination | None
     dicom_ae_title: str = "VERITRACE"
+
+    def spool(self) -> Spool:
+        return Spool(self.spool_dir)
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ from sqlalchemy import select
 
 from integrations.dicom.config import DicomConfig, SrDestination
 from integrations.dicom.scp import StorageScp
-from integrations.dicom.spool import Spool
+from integrations.dicom.spool import Spool, StoredObject
 from integrations.dicom.sr_export import build_draft_sr, load_evidence
 from integrations.dicom.sr_sender import NO_STATUS, SrExporter, Verdict, classify
 from integrations.dicom.stability import StableStudyTracker
-from integrations.dicom.study_files import study_instance_paths
+from integrations.dicom.study_files import study_instance_files
 from integrations.dicom.synthetic import make_image
 from integrations.store.models import Instance, SrExport
 from model.report import DraftReport, Statement
@@ -38,7 +38,7 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def received_study(tmp_path: Path, store: DicomStore) -> tuple[StorageScp, str, list[Path]]:
+def received_study(tmp_path: Path, store: DicomStore) -> tuple[StorageScp, str, list[StoredObject]]:
     """A running SCP ('the PACS' and our gateway at once) holding a 2-image study with a queued analysis."""
     scp = StorageScp(
         DicomConfig(spool_dir=tmp_path / "spool", port=0, min_free_bytes=0, fsync=False),
@@ -59,11 +59,11 @@ def received_study(tmp_path: Path, store: DicomStore) -> tuple[StorageScp, str, 
     tracker = StableStudyTracker(store.sessions, store.ledger, 0.0, lambda _id: None)
     [analysis_id] = tracker.poll_once(datetime.now(UTC) + timedelta(seconds=1))
     with store.sessions() as session:
-        paths = study_instance_paths(session, analysis_id, scp.spool.root)
+        paths = study_instance_files(session, analysis_id, scp.spool)
     return scp, analysis_id, paths
 
 
-def draft_for(paths: list[Path]) -> tuple[DraftReport, list]:
+def draft_for(paths: list[StoredObject]) -> tuple[DraftReport, list]:
     evidence = load_evidence(paths)
     cited = f"img:{evidence[0].SOPInstanceUID}:0"
     report = DraftReport(

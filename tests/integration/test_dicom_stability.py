@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from audit import Ledger
 from integrations.dicom.config import RoutingRules
+from integrations.dicom.spool import Spool
 from integrations.dicom.stability import StableStudyTracker, content_digest
-from integrations.dicom.study_files import UnknownAnalysis, study_instance_paths
+from integrations.dicom.study_files import UnknownAnalysis, study_instance_files
 from integrations.store.ingest import IngestOutcome, InstanceFacts, record_instance
 from integrations.store.models import Analysis, Study
 
@@ -80,7 +81,7 @@ def make_tracker(
 
 
 def test_quiet_study_becomes_one_queued_analysis_committed_before_enqueue(
-    sessions: sessionmaker[Session], store: DicomStore
+    sessions: sessionmaker[Session], store: DicomStore, tmp_path: Path
 ) -> None:
     ledger, queued = store.ledger, []
     seen_in_db: list[str] = []
@@ -101,14 +102,15 @@ def test_quiet_study_becomes_one_queued_analysis_committed_before_enqueue(
         analysis = session.get(Analysis, ids[0])
         assert analysis is not None and analysis.version == 1
         assert analysis.content_digest == content_digest(f"{n:064x}" for n in range(3))
-        paths = study_instance_paths(session, ids[0], Path("/spool"))
+        spool = Spool(tmp_path / "spool")
+        paths = study_instance_files(session, ids[0], spool)
         assert [p.name for p in paths] == [f"{n:064x}.dcm" for n in range(3)]
-        assert all(p.is_absolute() for p in paths)
+        assert all(p.spool is spool for p in paths)
     assert kinds(store) == ["study.stable", "analysis.queued"]
 
 
 def test_late_instance_makes_a_new_version_and_old_analysis_keeps_its_content(
-    sessions: sessionmaker[Session], store: DicomStore
+    sessions: sessionmaker[Session], store: DicomStore, tmp_path: Path
 ) -> None:
     ledger, queued = store.ledger, []
     tracker = make_tracker(sessions, ledger, queued)
@@ -118,8 +120,9 @@ def test_late_instance_makes_a_new_version_and_old_analysis_keeps_its_content(
     [second] = tracker.poll_once(T0 + timedelta(seconds=30))
     with sessions() as session:
         assert session.get(Analysis, second).version == 2  # type: ignore[union-attr]
-        assert len(study_instance_paths(session, first, Path("/s"))) == 1
-        assert len(study_instance_paths(session, second, Path("/s"))) == 2
+        spool = Spool(tmp_path / "spool")
+        assert len(study_instance_files(session, first, spool)) == 1
+        assert len(study_instance_files(session, second, spool)) == 2
 
 
 def test_duplicate_resend_changes_nothing_and_same_content_is_never_queued_twice(
@@ -190,9 +193,11 @@ def test_failed_enqueue_stays_queued_and_requeue_pending_sends_it_after_restart(
     assert restarted.poll_once(T0 + timedelta(seconds=99)) == []
 
 
-def test_unknown_analysis_is_an_error(sessions: sessionmaker[Session], store: DicomStore) -> None:
+def test_unknown_analysis_is_an_error(
+    sessions: sessionmaker[Session], store: DicomStore, tmp_path: Path
+) -> None:
     with sessions() as session, pytest.raises(UnknownAnalysis):
-        study_instance_paths(session, "nope", Path("/s"))
+        study_instance_files(session, "nope", Spool(tmp_path / "spool"))
 
 
 def test_negative_stable_age_is_rejected(sessions: sessionmaker[Session], store: DicomStore) -> None:

@@ -20,6 +20,7 @@ from audit.review.csv_export import analyses_csv
 from audit.review.model_card import KNOWN_ATTRIBUTES
 from audit.review.source import AnalysisFilters, PageRequest
 from audit.tables import entries
+from integrations.dicom.spool import Spool
 from integrations.store.review_source import SqlTraceSource
 from tests.conftest import fresh_postgres_database
 from tests.integration.review_seed import (
@@ -500,7 +501,9 @@ def test_mounted_in_the_cds_app(seeded: tuple[SeededStore, Path], tmp_path: Path
     )
     config = ReviewConfig(local_users_file=write_local_users(tmp_path), secure_cookies=False)
     app.include_router(
-        build_review_router(SqlTraceSource(store.session_factory, store.spool_dir), store.ledger, config)
+        build_review_router(
+            SqlTraceSource(store.session_factory, Spool(store.spool_dir)), store.ledger, config
+        )
     )
     anonymous = TestClient(app).get("/review/api/analyses")
     assert anonymous.status_code == 401 and anonymous.json()["resourceType"] == "OperationOutcome"

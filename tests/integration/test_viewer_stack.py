@@ -35,6 +35,7 @@ from pydicom.data import get_testdata_file
 
 from audit.keys import ensure_signing_key
 from cds.viewer import LaunchStore, ViewerConfig, build_viewer_router
+from integrations.dicom.spool import Spool
 from integrations.fhir.client import FhirClient
 from integrations.fhir.server import LocalFhirServer, free_port
 from integrations.store.models import Analysis, Instance, Report, Study
@@ -398,7 +399,7 @@ def running_viewer_stack(tmp_path: Path, *, viewer_host: str = "127.0.0.1") -> I
                     config,
                     session_factory=store.session_factory,
                     ledger=store.ledger,
-                    spool_dir=spool_dir,
+                    spool=Spool(spool_dir),
                     launch_store=launch_store,
                 )
             )
