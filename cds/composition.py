@@ -45,8 +45,15 @@ class Components:
         return make_celery(self.settings.resolved_broker_url)
 
     def prepare_storage(self) -> None:
-        """Create var/, migrate the database and make sure the ledger can sign checkpoints."""
+        """Create var/, migrate the database and make sure the ledger can sign checkpoints.
+
+        A configured spool key must load here, at start: a worker must not find out at its first study.
+        """
         self.settings.ensure_home()
+        if self.settings.spool_key_file is not None:
+            from integrations.dicom.spool_key import load_spool_key
+
+            load_spool_key(self.settings.spool_key_file)
         upgrade_database(self.engine)
         from audit.keys import ensure_signing_key
 

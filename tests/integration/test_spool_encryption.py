@@ -24,6 +24,8 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from cds.cli import app as cli_app
+from cds.composition import Components
+from cds.settings import Settings
 from cds.viewer.errors import ViewerRefusal
 from cds.viewer.key_images import render_png
 from integrations.dicom.config import DicomConfig
@@ -291,3 +293,9 @@ def test_sealed_stream_writes_are_content_addressed_like_plaintext(tmp_path: Pat
     empty = sealed.write_stream([])
     with sealed.open_plaintext(empty.relative_path) as reader:
         assert reader.read() == b"" and empty.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_a_process_with_a_configured_but_missing_key_does_not_start(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, spool_key_file=tmp_path / "absent.key")
+    with pytest.raises(SpoolKeyError, match="veritrace spool create-key"):
+        Components(settings).prepare_storage()
