@@ -124,6 +124,7 @@ def create_app(
         fetcher=PrefetchFetcher(http, timeout_s=settings.cds_prefetch_timeout_s),
         services=services_catalog if services_catalog is not None else default_services(),
         http=http,
+        smart_viewer=bool(settings.viewer_client_id),
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -160,10 +161,15 @@ def _mount_viewer(
     ledger: Ledger,
     http: httpx.AsyncClient,
 ) -> None:
-    from cds.viewer import ViewerConfig, build_viewer_router
+    from cds.viewer import LaunchStore, ViewerConfig, build_viewer_router
+    from cds.viewer.sealed_secrets import SecretSealer
     from integrations.dicom.spool import open_spool
 
     assert settings.viewer_client_id is not None
+    key = settings.viewer_session_key
+    sealer = SecretSealer.from_key_or_file(
+        key.get_secret_value() if key else None, settings.resolved_home / "keys" / "viewer-session.key"
+    )
     config = ViewerConfig(
         public_base_url=settings.resolved_public_base_url,
         client_id=settings.viewer_client_id,
@@ -177,6 +183,7 @@ def _mount_viewer(
             session_factory=session_factory,
             ledger=ledger,
             spool=open_spool(settings.dicom_config(), audit=ledger),
+            launch_store=LaunchStore(session_factory, sealer, launch_ttl_s=config.launch_ttl_s),
             http=http,
         )
     )

@@ -2,6 +2,8 @@
 
 A real FHIR server with synthetic patients, a real DICOM association into our SCP, a real Celery worker
 process running a tiny untrained VLM, a signed CDS Hooks call, and the audit ledger verified at the end.
+When Node and ``deploy/smart-ehr``'s modules are there, a stand-in EHR (a real OAuth 2 / OIDC server)
+launches the draft viewer from the card's ``smart`` link, as a hospital EHR would.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
@@ -24,7 +27,9 @@ from sqlalchemy import select
 from cds.composition import Components
 from cds.demo_ehr import DemoEhr
 from cds.demo_model import ensure_demo_model
+from cds.demo_smart_ehr import EHR_DIR, unavailable_reason
 from cds.demo_study import build_demo_ct_study, store_instances
+from cds.demo_viewer import DemoViewerEhr, demo_viewer_ehr, follow_ehr_launch
 from cds.settings import Settings
 from integrations.store.models import Analysis, Report, Study
 
@@ -67,7 +72,10 @@ def _wait_for_report(
 def _print_card(console: Console, response: dict[str, Any]) -> None:
     for card in response.get("cards", []):
         body = f"[b]{escape(card['summary'])}[/b]\n\n{escape(card.get('detail', ''))}"
-        links = "\n".join(escape(f"→ {link['label']}: {link['url']}") for link in card.get("links", []))
+        links = "\n".join(
+            escape(f"→ {link['label']} ({link['type']} link): {link['url']}")
+            for link in card.get("links", [])
+        )
         console.print(
             Panel(
                 f"{body}\n\n{links}",
@@ -86,6 +94,51 @@ def _print_trace(console: Console, components: Components, study_uid: str) -> No
         if entry.study_uid == study_uid or entry.kind.startswith("cds."):
             table.add_row(str(index), entry.kind, entry.actor, entry.leaf_hash[:16] + "…")
     console.print(table)
+
+
+def _viewer_link(response: dict[str, Any], report_id: str) -> dict[str, Any] | None:
+    for card in response.get("cards", []):
+        if card.get("extension", {}).get("veritrace.report", {}).get("reportId") == report_id:
+            links: list[dict[str, Any]] = card.get("links", [])
+            return next((link for link in links if link.get("type") == "smart"), None)
+    return None
+
+
+def start_viewer_ehr(
+    console: Console, stack: ExitStack, settings: Settings, fhir_base_url: str, *, ehr_dir: Path = EHR_DIR
+) -> DemoViewerEhr | None:
+    """The stand-in EHR with the viewer registered, its settings put in ``os.environ`` for the API.
+
+    None, after one line saying why, when Node or the stand-in's modules are missing: the card then
+    carries a plain ``absolute`` link and the demo goes on.
+    """
+    missing = unavailable_reason(ehr_dir)
+    if missing is not None:
+        console.print(f"[yellow]![/] No SMART launch of the viewer ({escape(missing)}): plain link instead.")
+        return None
+    with _step(console, "Stand-in EHR started (SMART authorization server, deploy/smart-ehr)"):
+        viewer = stack.enter_context(
+            demo_viewer_ehr(settings, fhir_base_url=fhir_base_url, patient_id=DEMO_PATIENT)
+        )
+    os.environ.update(viewer.environment)
+    return viewer
+
+
+def open_viewer(
+    console: Console, viewer: DemoViewerEhr, response: dict[str, Any], report: Report, keep_running: bool
+) -> str:
+    """Launch the card's ``smart`` link through the stand-in EHR once; print and return the URL to open."""
+    link = _viewer_link(response, report.id)
+    if link is None:
+        raise RuntimeError("the draft's card has no smart link to the viewer")
+    open_url = viewer.open_url(link, DEMO_PATIENT)
+    with _step(console, "Viewer opened through an EHR launch (authorize with PKCE → callback → draft)"):
+        page = follow_ehr_launch(open_url)
+        if page.status_code != 200 or f'data-report="{report.id}"' not in page.text:
+            raise RuntimeError(f"the viewer launch ended with HTTP {page.status_code}, not the draft")
+    when = "while the demo runs" if keep_running else "with `veritrace demo --keep-running`"
+    console.print(f"  Open the draft as a clinician ({when}): {escape(open_url)}", soft_wrap=True)
+    return open_url
 
 
 def run_demo(settings: Settings, *, keep_running: bool = False) -> int:
@@ -113,6 +166,7 @@ def run_demo(settings: Settings, *, keep_running: bool = False) -> int:
             fhir = stack.enter_context(LocalFhirServer(fhir_dir))
         # The worker subprocess and this process must both see the demo's FHIR server and CDS client.
         os.environ["VERITRACE_FHIR_BASE_URL"] = fhir.base_url
+        viewer = start_viewer_ehr(console, stack, settings, fhir.base_url)
         ehr = DemoEhr.create(settings)
         os.environ["VERITRACE_CDS_ISSUERS_FILE"] = str(ehr.issuers_file)
         settings = Settings()
@@ -144,6 +198,8 @@ def run_demo(settings: Settings, *, keep_running: bool = False) -> int:
         with _step(console, "patient-view hook fired with a signed CDS client JWT"):
             response = ehr.call_patient_view(settings, DEMO_PATIENT, fhir.base_url)
         _print_card(console, response)
+        if viewer is not None:
+            open_viewer(console, viewer, response, report, keep_running)
         console.print(Markdown(report.markdown))
         _print_trace(console, components, study_uid)
         with _step(console, "Audit ledger verified from the database against the latest checkpoint"):

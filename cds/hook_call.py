@@ -25,6 +25,8 @@ class HookCall:
     session_factory: sessionmaker[Session]
     public_base_url: str
     now: datetime
+    smart_viewer: bool = False
+    """The draft viewer is a registered SMART app here (``CdsRuntime.smart_viewer``)."""
 
 
 @dataclass

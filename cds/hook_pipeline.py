@@ -127,6 +127,7 @@ async def call_service(
             session_factory=runtime.session_factory,
             public_base_url=runtime.public_base_url,
             now=datetime.now(UTC),
+            smart_viewer=runtime.smart_viewer,
         )
         response, outcome = await to_thread.run_sync(_build_cards, service, call)
         rows = _card_rows(call, response, outcome)

@@ -24,6 +24,8 @@ class CdsRuntime:
     fetcher: PrefetchFetcher
     services: dict[str, RegisteredService]
     http: httpx.AsyncClient
+    smart_viewer: bool = False
+    """The SMART draft viewer is mounted: cards link to it with ``smart`` links the EHR launches."""
     commits: GroupCommitWriter = field(init=False)
     """The hook path's writer: ``jti`` claims, card rows and audit entries of concurrent calls together."""
 

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     viewer_client_secret: SecretStr = SecretStr("")
     viewer_allowed_issuers: list[str] = Field(default_factory=list)
     viewer_frame_ancestors: list[str] = Field(default_factory=list)
+    # AES-GCM key (base64url, 32 bytes) sealing EHR tokens in the database; replicas must share it.
+    # Unset: a key file made on first use under VERITRACE_HOME/keys (0600).
+    viewer_session_key: SecretStr | None = Field(default=None, repr=False)
     ledger_origin: str = "veritrace.local/ledger"
     ledger_anchor_url: str | None = None
     # Retention in days, unset = keep forever: spool files of finished studies, stored decision traces.

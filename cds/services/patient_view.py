@@ -58,27 +58,32 @@ def patient_view_cards(call: HookCall) -> HookOutcome:
         if finals.overtakes(study_uid=report.study_uid, fhir_report_id=report.fhir_report_id):
             outcome.skipped.append("draft withheld: a final report exists for its study")
             continue
-        for template in _cards_of(report, call.public_base_url):
+        for template in _cards_of(report, call.public_base_url, call.smart_viewer):
             card = template.model_copy(update={"uuid": str(uuid.uuid4())})  # every call its own card ids
             outcome.cards.append(card)
             outcome.card_reports[card.uuid] = report.id
     return outcome
 
 
-_BUILT: WeakKeyDictionary[Report, dict[str, tuple[Card, ...]]] = WeakKeyDictionary()
+_BUILT: WeakKeyDictionary[Report, dict[tuple[str, bool], tuple[Card, ...]]] = WeakKeyDictionary()
 _BUILT_LOCK = threading.Lock()
 
 
-def _cards_of(report: Report, public_base_url: str) -> tuple[Card, ...]:
-    """The report's cards, built once per cached report snapshot (``draft_cache``) and base URL.
+def _cards_of(report: Report, public_base_url: str, smart_viewer: bool) -> tuple[Card, ...]:
+    """The report's cards, built once per cached report snapshot (``draft_cache``), base URL and link kind.
 
-    A card's content depends only on the report and the base URL; building and validating it was
-    about a tenth of a call. Entries go with the snapshot when the draft cache drops it.
+    A card's content depends only on the report, the base URL and whether the viewer is a SMART app;
+    building and validating it was about a tenth of a call. Entries go with the snapshot when the
+    draft cache drops it.
     """
+    key = (public_base_url, smart_viewer)
     with _BUILT_LOCK:
-        built = _BUILT.get(report, {}).get(public_base_url)
+        built = _BUILT.get(report, {}).get(key)
     if built is None:
-        built = (report_card(report, public_base_url), *signal_cards(report, public_base_url))
+        built = (
+            report_card(report, public_base_url, smart_viewer=smart_viewer),
+            *signal_cards(report, public_base_url, smart_viewer=smart_viewer),
+        )
         with _BUILT_LOCK:
-            _BUILT.setdefault(report, {})[public_base_url] = built
+            _BUILT.setdefault(report, {})[key] = built
     return built

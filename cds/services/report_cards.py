@@ -2,8 +2,9 @@
 
 The card says plainly that the report is a preliminary AI draft, how well its statements are backed
 (verification verdicts when the worker recorded them, else how many statements cite evidence), and
-links to the draft viewer. Output of random test weights is labelled "untrained model — not for
-clinical use" in the summary itself, so no EHR layout can hide it.
+links to the draft viewer (a SMART app launch when the viewer is registered). Output of random test
+weights is labelled "untrained model — not for clinical use" in the summary itself, so no EHR layout
+can hide it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from cds.cards import Card, Indicator, Link, shorten_summary
 from cds.hook_call import override_reasons, source
+from cds.viewer.card_link import viewer_card_link
 from integrations.store.models import Report
 
 UNTRAINED_LABEL = "untrained model — not for clinical use"
@@ -62,13 +64,22 @@ def _summary(report: Report, head: str, text: str) -> str:
     return shorten_summary(f"{head}{label}: {text}")
 
 
-def _viewer_link(report: Report, public_base_url: str) -> Link:
+def _viewer_link(report: Report, public_base_url: str, *, smart_viewer: bool) -> Link:
+    """A ``smart`` link the EHR launches (SMART App Launch 2) when the viewer is a registered client.
+
+    Without a registration (``VERITRACE_VIEWER_CLIENT_ID`` unset) there is no SMART app to launch: an EHR
+    given a ``smart`` link would start a launch that the viewer cannot finish (no client id at the
+    EHR's authorization server, no ``/viewer`` routes mounted). The link then stays a plain ``absolute``
+    one to the same address, so the card still says where the draft will be once the viewer is set up.
+    """
+    if smart_viewer:
+        return viewer_card_link(report.id, public_base_url)
     return Link(
         label="Open the draft report", url=f"{public_base_url}/viewer/reports/{report.id}", type="absolute"
     )
 
 
-def report_card(report: Report, public_base_url: str) -> Card:
+def report_card(report: Report, public_base_url: str, *, smart_viewer: bool) -> Card:
     body = report.body or {}
     status_line, counts = verification_status(body)
     lines = ["**Preliminary AI draft — not reviewed by a radiologist.**"]
@@ -86,7 +97,7 @@ def report_card(report: Report, public_base_url: str) -> Card:
         indicator=INDICATOR_FOR_SEVERITY.get(report.severity, Indicator.INFO),
         source=source("Veritrace AI draft report", "ai-draft-report", "AI draft imaging report"),
         overrideReasons=REPORT_OVERRIDES,
-        links=(_viewer_link(report, public_base_url),),
+        links=(_viewer_link(report, public_base_url, smart_viewer=smart_viewer),),
         extension={
             "veritrace.report": {
                 "reportId": report.id,
@@ -99,7 +110,7 @@ def report_card(report: Report, public_base_url: str) -> Card:
     )
 
 
-def signal_cards(report: Report, public_base_url: str) -> list[Card]:
+def signal_cards(report: Report, public_base_url: str, *, smart_viewer: bool) -> list[Card]:
     """Rare-disease and safety signals the analysis recorded in ``body["signals"]``.
 
     Each signal is ``{"kind": "rare-disease" | "safety", "text": str, "severity"?: str,
@@ -125,7 +136,7 @@ def signal_cards(report: Report, public_base_url: str) -> list[Card]:
                 indicator=Indicator.CRITICAL if severity == "critical" else Indicator.WARNING,
                 source=source("Veritrace AI analysis", f"{signal['kind']}-signal", label),
                 overrideReasons=REPORT_OVERRIDES,
-                links=(_viewer_link(report, public_base_url),),
+                links=(_viewer_link(report, public_base_url, smart_viewer=smart_viewer),),
                 extension={
                     "veritrace.signal": {
                         "reportId": report.id,

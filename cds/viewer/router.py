@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import time
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -100,12 +100,15 @@ def build_viewer_router(
     session_factory: sessionmaker[Session],
     ledger: Ledger,
     spool: Spool,
+    launch_store: LaunchStore,
     http: httpx.AsyncClient | None = None,
-    launch_store: LaunchStore | None = None,
 ) -> APIRouter:
-    """The viewer's routes, to be mounted with ``app.include_router(router)`` (paths carry ``/viewer``)."""
+    """The viewer's routes, to be mounted with ``app.include_router(router)`` (paths carry ``/viewer``).
+
+    ``launch_store`` keeps launches and sessions in the shared database, so replicas can share them.
+    """
     client = http or httpx.AsyncClient(timeout=config.http_timeout_s)
-    store = launch_store or LaunchStore(launch_ttl_s=config.launch_ttl_s)
+    store = launch_store
     router = APIRouter(
         prefix=PREFIX, tags=["viewer"], route_class=_route_class(security_headers(config.frame_ancestors))
     )
@@ -126,19 +129,18 @@ def build_viewer_router(
             raise ViewerRefusal(400, "The draft id is malformed", "Open the draft again from the EHR.")
         smart = await discover(client, iss)
         verifier, state = new_verifier(), secrets.token_urlsafe(32)
-        store.put_pending(
-            PendingLaunch(
-                state=state,
-                iss=iss,
-                launch=launch,
-                report_id=report_id,
-                code_verifier=verifier,
-                authorization_endpoint=smart.authorization_endpoint,
-                token_endpoint=smart.token_endpoint,
-                auth_server_issuer=smart.issuer,
-                jwks_uri=getattr(smart, "jwks_uri", None),
-            )
+        pending = PendingLaunch(
+            state=state,
+            iss=iss,
+            launch=launch,
+            report_id=report_id,
+            code_verifier=verifier,
+            authorization_endpoint=smart.authorization_endpoint,
+            token_endpoint=smart.token_endpoint,
+            auth_server_issuer=smart.issuer,
+            jwks_uri=getattr(smart, "jwks_uri", None),
         )
+        await to_thread.run_sync(store.put_pending, pending)
         scopes = (
             [s for s in config.scopes if s != "launch"] + list(STANDALONE_EXTRA_SCOPES)
             if standalone
@@ -180,7 +182,7 @@ def build_viewer_router(
             raise ViewerRefusal(401, "The EHR did not authorise the viewer", f"Authorization error: {shown}.")
         if not code or not state:
             raise ViewerRefusal(400, "The sign-in answer is incomplete", "code or state is missing.")
-        pending = store.take_pending(state)
+        pending = await to_thread.run_sync(store.take_pending, state)
         if pending is None:
             raise ViewerRefusal(
                 400, "Unknown or expired launch", "The state does not match a launch in progress."
@@ -240,9 +242,9 @@ def build_viewer_router(
             scopes=tuple(token.scope.split()),
             report_id=report_id,
             card_uuid=str(context["cardUuid"]) if context.get("cardUuid") else None,
-            expires=time.monotonic() + lifetime,
+            expires_at=datetime.now(UTC) + timedelta(seconds=lifetime),
         )
-        store.put_session(session)
+        await to_thread.run_sync(store.put_session, session)
 
         def opened() -> str:
             ledger.append(
@@ -262,8 +264,8 @@ def build_viewer_router(
 
         return HTMLResponse(await to_thread.run_sync(opened))
 
-    def current_session(handle: str | None) -> ViewerSession:
-        session = store.get_session(handle) if handle else None
+    async def current_session(handle: str | None) -> ViewerSession:
+        session = await to_thread.run_sync(store.get_session, handle) if handle else None
         if session is None:
             raise ViewerRefusal(401, "No viewer session", "Open the draft again from the EHR.")
         return session
@@ -274,7 +276,7 @@ def build_viewer_router(
 
     @router.get("/api/page", summary="The report as an HTML fragment")
     async def page_fragment(x_viewer_session: SessionHandle = None) -> Response:
-        session = current_session(x_viewer_session)
+        session = await current_session(x_viewer_session)
 
         def render() -> str:
             with session_factory() as db:
@@ -289,7 +291,7 @@ def build_viewer_router(
         "/api/evidence/{citation_id}", summary="A cited FHIR resource, read with the clinician's token"
     )
     async def evidence(citation_id: str, x_viewer_session: SessionHandle = None) -> dict[str, Any]:
-        session = current_session(x_viewer_session)
+        session = await current_session(x_viewer_session)
 
         def find() -> dict[str, Any] | None:
             with session_factory() as db:
@@ -308,7 +310,7 @@ def build_viewer_router(
         size: ImageSize = "thumb",
         x_viewer_session: SessionHandle = None,
     ) -> Response:
-        session = current_session(x_viewer_session)
+        session = await current_session(x_viewer_session)
 
         def render() -> bytes:
             with session_factory() as db:
@@ -321,7 +323,7 @@ def build_viewer_router(
 
     @router.post("/api/feedback", summary="Accept or override the draft: CDS feedback + ledger entry")
     async def feedback(request: Request, x_viewer_session: SessionHandle = None) -> dict[str, Any]:
-        session = current_session(x_viewer_session)
+        session = await current_session(x_viewer_session)
         try:
             action = ClinicianAction.model_validate_json(await request.body())
         except ValidationError as exc:

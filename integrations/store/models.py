@@ -11,7 +11,18 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -173,3 +184,46 @@ class SrExport(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ViewerLaunchRecord(Base):
+    """A SMART launch of the draft viewer waiting for its callback (0004), shared by API replicas.
+
+    Found by the SHA-256 of its ``state`` (the value itself is never stored) and deleted by the one
+    callback that takes it, so a replayed callback finds nothing on any replica. The PKCE verifier is
+    sealed (AES-GCM, see ``cds.viewer.sealed_secrets``).
+    """
+
+    __tablename__ = "viewer_launches"
+
+    state_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    iss: Mapped[str] = mapped_column(Text)
+    launch: Mapped[str | None] = mapped_column(Text)
+    report_id: Mapped[str | None] = mapped_column(String(36))
+    sealed_code_verifier: Mapped[bytes | None] = mapped_column(LargeBinary)
+    authorization_endpoint: Mapped[str] = mapped_column(Text)
+    token_endpoint: Mapped[str] = mapped_column(Text)
+    auth_server_issuer: Mapped[str | None] = mapped_column(Text)
+    jwks_uri: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class ViewerSessionRecord(Base):
+    """An open clinician session of the draft viewer (0004), readable by every API replica.
+
+    Found by the SHA-256 of the handle the page holds; the EHR's access token is sealed (AES-GCM).
+    Rows past ``expires_at`` are never returned and are purged when new sessions are written.
+    """
+
+    __tablename__ = "viewer_sessions"
+
+    handle_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    iss: Mapped[str] = mapped_column(Text)
+    sealed_access_token: Mapped[bytes] = mapped_column(LargeBinary)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    encounter_id: Mapped[str | None] = mapped_column(String(64))
+    fhir_user: Mapped[str | None] = mapped_column(Text)
+    scopes: Mapped[str] = mapped_column(Text)
+    report_id: Mapped[str] = mapped_column(String(36))
+    card_uuid: Mapped[str | None] = mapped_column(String(36))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

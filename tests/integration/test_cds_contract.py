@@ -133,6 +133,7 @@ def validate_card(card: Any, where: str) -> None:
         _absolute(link["url"], f"{where}.links[{j}].url")
         assert link["type"] in ("absolute", "smart")
         assert "appContext" not in link or link["type"] == "smart"
+        assert isinstance(link.get("appContext", ""), str), f"{where}.links[{j}].appContext is a string"
     _walk_no_nulls(card, where)
 
 
@@ -256,6 +257,32 @@ def test_every_service_answers_spec_valid_cards(
         assert response.status_code == 200, (service_id, response.text)
         validate_service_response(response.json())
         assert response.json()["cards"], service_id
+
+
+def test_patient_view_with_the_viewer_registered_answers_spec_valid_smart_links(
+    tmp_path: Path, signer: EhrTokenSigner, store: Store
+) -> None:
+    report = seed_report(store, patient_id="ps", signals=[{"kind": "rare-disease", "text": "Possible LAM"}])
+    app = build_app(
+        tmp_path,
+        store,
+        signer,
+        viewer_client_id="veritrace-viewer",
+        viewer_client_secret="not-used-here",
+        viewer_allowed_issuers=["https://ehr.test.example/fhir"],
+    )
+    body = hook_body(
+        "patient-view",
+        {"userId": "Practitioner/u1", "patientId": "ps"},
+        {"finalReports": searchset(), "imagingStudies": searchset()},
+    )
+    with TestClient(app) as client:
+        response = _post(client, signer, "/cds-services/veritrace-patient-view", body)
+    assert response.status_code == 200, response.text
+    validate_service_response(response.json())
+    links = [link for card in response.json()["cards"] for link in card["links"]]
+    assert len(links) == 2 and {link["type"] for link in links} == {"smart"}
+    assert {link["appContext"] for link in links} == {f'{{"reportId":"{report.id}"}}'}
 
 
 def test_no_guidance_is_an_empty_cards_array(client: TestClient, signer: EhrTokenSigner) -> None:

@@ -2,21 +2,20 @@
 
 The stack is all real processes on localhost sockets: sekmet-fhir (the hospital's FHIR store, bearer
 protected), the stand-in EHR from ``deploy/smart-ehr`` (oidc-provider as the SMART authorization
-server + a token-checking FHIR gateway, Node 20), and the Veritrace API (create_app + the viewer
-router) under uvicorn. The draft report, its trace, a DICOM instance in the spool, its ledger entry and
-a signed checkpoint are seeded; the card comes from a real ``patient-view`` call. Other viewer test
-modules import ``running_viewer_stack`` from here.
+server + a token-checking FHIR gateway, Node 20), and the Veritrace API (create_app with the viewer
+configured through settings, as ``veritrace api`` mounts it) under uvicorn. The draft report, its
+trace, a DICOM instance in the spool, its ledger entry and a signed checkpoint are seeded; the card
+(with its ``smart`` link) comes from a real ``patient-view`` call. Other viewer test modules import
+``running_viewer_stack`` from here.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 import secrets
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,20 +28,17 @@ import httpx
 import pydicom
 import pytest
 import uvicorn
-from fastapi.testclient import TestClient
-from pydantic import SecretStr
 from pydicom.data import get_testdata_file
 
 from audit.keys import ensure_signing_key
-from cds.viewer import LaunchStore, ViewerConfig, build_viewer_router
-from integrations.dicom.spool import Spool
+from cds.demo_smart_ehr import SmartClient, SmartEhrConfig, running_smart_ehr
+from cds.viewer import LaunchStore
+from cds.viewer.sealed_secrets import SecretSealer
 from integrations.fhir.client import FhirClient
 from integrations.fhir.server import LocalFhirServer, free_port
 from integrations.store.models import Analysis, Instance, Report, Study
 from tests.integration.cds_support import JwtOffSettings, Store, hook_body, make_store, searchset
 
-REPO = Path(__file__).resolve().parents[2]
-EHR_DIR = REPO / "deploy" / "smart-ehr"
 CLIENT_ID = "veritrace-viewer"
 CLIENT_SECRET = secrets.token_urlsafe(24)
 UPSTREAM_TOKEN = secrets.token_urlsafe(24)
@@ -302,34 +298,16 @@ def _seed_store(store: Store, spool_dir: Path, ids: dict[str, str]) -> tuple[str
 def _node_ehr(
     tmp_path: Path, upstream: LocalFhirServer, redirect_uri: str, standalone_patient: str
 ) -> Iterator[str]:
-    port = free_port()
-    config = {
-        "port": port,
-        "fhir_upstream": upstream.base_url,
-        "fhir_upstream_token": UPSTREAM_TOKEN,
-        "user": "dr-viewer-test",
-        "standalone_patient": standalone_patient,
-        "clients": [
-            {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": [redirect_uri]}
-        ],
-    }
-    (tmp_path / "ehr.json").write_text(json.dumps(config))
-    log = (tmp_path / "ehr.log").open("w")
-    process = subprocess.Popen(
-        ["node", str(EHR_DIR / "ehr.mjs"), str(tmp_path / "ehr.json")],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
+    config = SmartEhrConfig(
+        port=free_port(),
+        fhir_upstream=upstream.base_url,
+        fhir_upstream_token=UPSTREAM_TOKEN,
+        user="dr-viewer-test",
+        standalone_patient=standalone_patient,
+        clients=(SmartClient(CLIENT_ID, CLIENT_SECRET, (redirect_uri,)),),
     )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line.startswith("READY"), f"stand-in EHR did not start: {(tmp_path / 'ehr.log').read_text()}"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
+    with running_smart_ehr(config, tmp_path / "smart-ehr") as ehr:
+        yield ehr.base_url
 
 
 @contextmanager
@@ -350,13 +328,13 @@ def _uvicorn(app: Any, port: int) -> Iterator[None]:
         thread.join(timeout=10)
 
 
-def _patient_view_card(app: Any, patient: str, report_id: str) -> dict[str, Any]:
+def _patient_view_card(base_url: str, patient: str, report_id: str) -> dict[str, Any]:
+    """The card as the EHR gets it, over HTTP (a TestClient would end the app's lifespan on exit)."""
     prefetch = {"finalReports": searchset(), "imagingStudies": searchset()}
-    with TestClient(app) as client:
-        response = client.post(
-            PATIENT_VIEW,
-            json=hook_body("patient-view", {"userId": "Practitioner/u1", "patientId": patient}, prefetch),
-        )
+    response = httpx.post(
+        base_url + PATIENT_VIEW,
+        json=hook_body("patient-view", {"userId": "Practitioner/u1", "patientId": patient}, prefetch),
+    )
     assert response.status_code == 200, response.text
     cards = [
         c
@@ -365,6 +343,7 @@ def _patient_view_card(app: Any, patient: str, report_id: str) -> dict[str, Any]
     ]
     assert len(cards) == 1
     card: dict[str, Any] = cards[0]
+    assert [link["type"] for link in card["links"]] == ["smart"], card["links"]
     return card
 
 
@@ -384,27 +363,25 @@ def running_viewer_stack(tmp_path: Path, *, viewer_host: str = "127.0.0.1") -> I
             ids = _seed_fhir(client)
         report_id, other_id = _seed_store(store, spool_dir, ids)
         with _node_ehr(tmp_path, fhir, f"{viewer_url}/viewer/callback", ids["patient"]) as ehr_url:
-            settings = JwtOffSettings(home=tmp_path, public_base_url=viewer_url)
-            app = create_app(settings, session_factory=store.session_factory, ledger=store.ledger)
-            launch_store = LaunchStore(launch_ttl_s=600)
-            config = ViewerConfig(
+            settings = JwtOffSettings(
+                home=tmp_path,
                 public_base_url=viewer_url,
-                client_id=CLIENT_ID,
-                client_secret=SecretStr(CLIENT_SECRET),
-                allowed_issuers=(f"{ehr_url}/fhir",),
-                frame_ancestors=(ehr_url,),
+                spool_dir=spool_dir,
+                viewer_client_id=CLIENT_ID,
+                viewer_client_secret=CLIENT_SECRET,
+                viewer_allowed_issuers=[f"{ehr_url}/fhir"],
+                viewer_frame_ancestors=[ehr_url],
             )
-            app.include_router(
-                build_viewer_router(
-                    config,
-                    session_factory=store.session_factory,
-                    ledger=store.ledger,
-                    spool=Spool(spool_dir),
-                    launch_store=launch_store,
-                )
+            app = create_app(settings, session_factory=store.session_factory, ledger=store.ledger)
+            # Another handle on the app's launch state (the database, the key file it made): what a
+            # second replica would see.
+            launch_store = LaunchStore(
+                store.session_factory,
+                SecretSealer.from_key_or_file(None, tmp_path / "keys" / "viewer-session.key"),
+                launch_ttl_s=600,
             )
-            card = _patient_view_card(app, ids["patient"], report_id)
             with _uvicorn(app, viewer_port):
+                card = _patient_view_card(viewer_url, ids["patient"], report_id)
                 yield ViewerStack(
                     store=store,
                     launch_store=launch_store,
