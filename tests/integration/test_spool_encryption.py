@@ -15,6 +15,7 @@ import stat
 import subprocess
 import tracemalloc
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,11 @@ from typer.testing import CliRunner
 
 from cds.cli import app as cli_app
 from cds.composition import Components
+from cds.demo_study import build_demo_ct_study
 from cds.settings import Settings
 from cds.viewer.errors import ViewerRefusal
 from cds.viewer.key_images import render_png
+from integrations.analysis.pipeline import run_analysis
 from integrations.dicom.config import DicomConfig
 from integrations.dicom.scp import StorageScp
 from integrations.dicom.spool import (
@@ -40,8 +43,9 @@ from integrations.dicom.spool import (
 )
 from integrations.dicom.spool_cipher import CHUNK_SIZE, HEADER_SIZE, TAG_SIZE
 from integrations.dicom.spool_key import SpoolKey, SpoolKeyError, create_spool_key, load_spool_key
+from integrations.dicom.stability import StableStudyTracker
 from integrations.dicom.synthetic import make_image, write_part10
-from integrations.store.models import Instance
+from integrations.store.models import Analysis, Instance
 from model.dicom_source import read_dicom
 from model.imaging import DicomImageError, load_model_image
 from model.series_selection import select_frames
@@ -299,3 +303,72 @@ def test_a_process_with_a_configured_but_missing_key_does_not_start(tmp_path: Pa
     settings = Settings(home=tmp_path, spool_key_file=tmp_path / "absent.key")
     with pytest.raises(SpoolKeyError, match="veritrace spool create-key"):
         Components(settings).prepare_storage()
+
+
+def test_adopting_a_finished_file_seals_it_and_a_changed_temp_file_is_refused(
+    tmp_path: Path, key_file: Path
+) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False, key=load_spool_key(key_file))
+    source = write_part10(make_image(study_uid=generate_uid()), tmp_path / "stow-part.dcm")
+    spooled = spool.adopt(source)  # STOW-RS parts arrive without a digest: hashed, then sealed
+    assert not source.exists() and spool.is_encrypted(spooled.relative_path)
+    with spool.open_plaintext(spooled.relative_path) as plain:
+        assert hashlib.sha256(plain.read()).hexdigest() == spooled.sha256
+    incoming = spool.incoming()
+    incoming.write(b"the bytes that were received")
+    written = incoming.finish()
+    written.path.write_bytes(b"other bytes on disk by now")
+    with pytest.raises(SpoolIntegrityError, match="changed before sealing"):
+        spool.adopt(written.path, written)
+    assert sorted(p.name for p in spool.objects_dir.rglob("*.dcm")) == [f"{spooled.sha256}.dcm"]
+
+
+def test_worker_analyses_a_sealed_study_and_skips_a_tampered_slice_audited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path, key_file: Path
+) -> None:
+    monkeypatch.setenv("VERITRACE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VERITRACE_MODEL_PATH", str(tiny_model_dir))
+    monkeypatch.setenv("VERITRACE_AGENT_KNOWLEDGE_TOOLS", "false")
+    monkeypatch.setenv("VERITRACE_SPOOL_KEY_FILE", str(key_file))
+    components = Components(Settings())
+    components.prepare_storage()
+    config = components.settings.dicom_config().model_copy(update={"port": 0})
+    scp = StorageScp(config, components.session_factory, components.ledger)
+    scp.start()
+    try:
+        paths = build_demo_ct_study(tmp_path / "study", patient_id="unmatched-patient", slices=3)
+        sent = subprocess.run(
+            ["storescu", "-aec", config.ae_title, "127.0.0.1", str(scp.port), *map(str, paths)],
+            capture_output=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stderr.decode()
+    finally:
+        scp.stop()
+    queued: list[str] = []
+    StableStudyTracker(components.session_factory, components.ledger, 0.0, queued.append).poll_once(
+        datetime.now(UTC) + timedelta(seconds=5)
+    )
+    with components.session_factory() as session:
+        rows = list(session.execute(select(Instance).order_by(Instance.id)).scalars())
+    assert all(scp.spool.is_encrypted(row.spool_path) for row in rows)
+    tampered = rows[0]
+    path = scp.spool.absolute(tampered.spool_path)
+    data = bytearray(path.read_bytes())
+    data[HEADER_SIZE + 200] ^= 0x40
+    path.write_bytes(bytes(data))
+
+    report_id = run_analysis(components.worker_runtime(), queued[0])
+
+    assert report_id is not None
+    with components.session_factory() as session:
+        analysis = session.get(Analysis, queued[0])
+    assert analysis is not None and analysis.status == "completed" and analysis.trace is not None
+    seen = {image["sop_uid"] for image in analysis.trace["images"]}
+    assert seen and tampered.sop_instance_uid not in seen
+    failures = [
+        components.ledger.entry(i)
+        for i in range(components.ledger.size())
+        if components.ledger.entry(i).kind == INTEGRITY_FAILED
+    ]
+    assert failures and {f.payload["spool_path"] for f in failures} == {tampered.spool_path}
