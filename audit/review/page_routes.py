@@ -83,7 +83,7 @@ def build_page_router(state: ReviewState) -> APIRouter:
             )
         except (ValidationError, ValueError):
             return RedirectResponse(f"/review/{target}?invalid=1", status_code=status.HTTP_303_SEE_OTHER)
-        token = gate.save_search(filters)
+        token = state.sessions.save_search(gate, filters)
         return RedirectResponse(f"/review/{target}?search={token}", status_code=status.HTTP_303_SEE_OTHER)
 
     @router.get("/analyses")

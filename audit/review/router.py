@@ -41,7 +41,7 @@ def build_review_router(source: TraceSource, ledger: Ledger, config: ReviewConfi
         source=source,
         ledger=ledger,
         config=config,
-        sessions=SessionStore(config.session_ttl_s),
+        sessions=SessionStore(ledger.engine, config.session_ttl_s),
         oidc=OidcClient(config.oidc) if config.oidc else None,
         local_users=LocalUsers.load(config.local_users_file) if config.local_users_file else None,
         model_card=ModelCard.load(config.model_card_file),
