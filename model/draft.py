@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 MAX_STATEMENTS = 4
 MAX_STATEMENT_CHARS = 160
+MAX_CODES = 3
+MAX_CODE_CHARS = 32
+MAX_CITATIONS = 4
 INSTRUCTIONS = (
     "You are drafting a preliminary radiology report for a clinician to review. "
     "Answer with JSON: findings and impression, each a list of statements with text, severity, "
@@ -69,7 +72,7 @@ def build_prompt(images: Sequence[ModelImage], context: PatientContext) -> str:
 def report_schema(ids: Sequence[str]) -> dict[str, Any]:
     """JSON schema for the model's answer; citations are an enum of `ids` (empty enum: none allowed)."""
     citations: dict[str, Any] = (
-        {"type": "array", "items": {"type": "string", "enum": list(ids)}, "maxItems": 4}
+        {"type": "array", "items": {"type": "string", "enum": list(ids)}, "maxItems": MAX_CITATIONS}
         if ids
         else {"type": "array", "maxItems": 0}
     )
@@ -79,7 +82,11 @@ def report_schema(ids: Sequence[str]) -> dict[str, Any]:
             "text": {"type": "string", "maxLength": MAX_STATEMENT_CHARS},
             "severity": {"type": "string", "enum": [s.value for s in Severity]},
             "laterality": {"type": "string", "enum": [lat.value for lat in Laterality]},
-            "codes": {"type": "array", "items": {"type": "string", "maxLength": 32}, "maxItems": 3},
+            "codes": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": MAX_CODE_CHARS},
+                "maxItems": MAX_CODES,
+            },
             "citations": citations,
         },
         "required": ["text", "severity", "laterality", "codes", "citations"],
@@ -97,16 +104,63 @@ def report_schema(ids: Sequence[str]) -> dict[str, Any]:
 
 
 def parse_statements(raw: Any) -> list[Statement]:
-    """The well-formed statements of a JSON list; anything else in it is skipped."""
+    """The well-formed statements of a JSON list, at most MAX_STATEMENTS; anything else in it is skipped.
+
+    Well-formed means what `report_schema` allows (text, codes and citations within its bounds): without
+    constrained decoding nothing else enforces them, and a statement beyond them is not one we asked for.
+    """
     if not isinstance(raw, list):
         return []
     statements = []
     for item in raw:
         try:
-            statements.append(Statement.model_validate(item))
+            statement = Statement.model_validate(item)
         except ValidationError:
             continue
-    return statements
+        if _within_schema(statement):
+            statements.append(statement)
+    return statements[:MAX_STATEMENTS]
+
+
+def _within_schema(statement: Statement) -> bool:
+    return (
+        len(statement.text) <= MAX_STATEMENT_CHARS
+        and len(statement.codes) <= MAX_CODES
+        and all(len(code) <= MAX_CODE_CHARS for code in statement.codes)
+        and len(statement.citations) <= MAX_CITATIONS
+    )
+
+
+def parse_report(
+    text: str, allowed: set[str], *, untrained: bool
+) -> tuple[DraftReport, list[str], str | None]:
+    """The report in the model's answer, the citations dropped as unknown, and why the report is empty.
+
+    Never raises: output that is not JSON (cut off, or nested past the parser's depth), not an object, or
+    without one well-formed finding gives an empty report and a reason for the `parse_error` step. A
+    report that is not empty satisfies `report_schema` for `allowed`.
+    """
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return _empty(untrained), [], f"{exc.msg} at char {exc.pos}"
+    except (ValueError, RecursionError) as exc:  # e.g. an integer past the digit limit, deep nesting
+        return _empty(untrained), [], f"answer is not JSON that can be read ({type(exc).__name__})"
+    if not isinstance(parsed, dict):
+        return _empty(untrained), [], "answer is not a JSON object"
+    findings, dropped_f = keep_known_citations(parse_statements(parsed.get("findings")), allowed)
+    if not findings:
+        return _empty(untrained), [], "answer has no well-formed finding"
+    impression, dropped_i = keep_known_citations(parse_statements(parsed.get("impression")), allowed)
+    return (
+        DraftReport(findings=findings, impression=impression, untrained_model=untrained),
+        dropped_f + dropped_i,
+        None,
+    )
+
+
+def _empty(untrained: bool) -> DraftReport:
+    return DraftReport(findings=[], impression=[], untrained_model=untrained)
 
 
 def keep_known_citations(statements: list[Statement], allowed: set[str]) -> tuple[list[Statement], list[str]]:
@@ -128,10 +182,10 @@ def draft_report(
     """Generate, parse and citation-check one draft report; every step goes to `step_sink` as it happens.
 
     `vlm` may be the `BatchScheduler` serving the model, so that concurrent studies (worker threads)
-    share batches. Uses constrained decoding when xgrammar is installed. Output that is not valid JSON
-    (an untrained model, or a generation cut off by max_new_tokens) yields an empty report plus a
-    `parse_error` step rather than an exception: the study is still traced and the clinician sees no
-    fabricated statements.
+    share batches. Uses constrained decoding when xgrammar is installed. Output that is not a report (an
+    untrained model, or a generation cut off by max_new_tokens) yields an empty report plus a
+    `parse_error` step rather than an exception (`parse_report`): the study is still traced and the
+    clinician sees no fabricated statements.
     """
     steps: list[TraceStep] = []
 
@@ -167,17 +221,9 @@ def draft_report(
         constrained=generation.constrained,
         timings=generation.timings.model_dump(),
     )
-    try:
-        parsed = json.loads(generation.text)
-    except json.JSONDecodeError as exc:
-        parsed = {}
-        emit("parse_error", error=f"{exc.msg} at char {exc.pos}", stopped=generation.stopped)
-    if not isinstance(parsed, dict):
-        parsed = {}
-    allowed = set(ids)
-    findings, dropped_f = keep_known_citations(parse_statements(parsed.get("findings")), allowed)
-    impression, dropped_i = keep_known_citations(parse_statements(parsed.get("impression")), allowed)
-    emit("citations", allowed=ids, dropped=dropped_f + dropped_i)
-    report = DraftReport(findings=findings, impression=impression, untrained_model=identity.untrained)
+    report, dropped, error = parse_report(generation.text, set(ids), untrained=identity.untrained)
+    if error is not None:
+        emit("parse_error", error=error, stopped=generation.stopped)
+    emit("citations", allowed=ids, dropped=dropped)
     emit("report", report=report.model_dump(mode="json"))
     return DraftResult(report=report, steps=steps, identity=identity, prompt_sha256=prompt_sha256)

@@ -25,7 +25,7 @@ from model.agent.action_schema import ActionParseError, AgentAction, action_sche
 from model.agent.transcript import Exchange, clip, report_prompt, step_prompt
 from model.constrained import grammar_available
 from model.context import PatientContext
-from model.draft import DraftResult, keep_known_citations, parse_statements, report_schema
+from model.draft import DraftResult, parse_report, report_schema
 from model.imaging import ModelImage
 from model.report import DraftReport, EvidenceItem, ImageRef
 from model.runtime import Generation, ModelIdentity
@@ -254,17 +254,10 @@ def run_agent(
 def _report_from(
     generation: Generation, allowed: set[str], untrained: bool, emit: Callable[..., None]
 ) -> tuple[DraftReport, list[str]]:
-    try:
-        parsed = json.loads(generation.text)
-    except json.JSONDecodeError as exc:
-        parsed = {}
-        emit("parse_error", error=f"{exc.msg} at char {exc.pos}", stopped=generation.stopped)
-    if not isinstance(parsed, dict):
-        parsed = {}
-    findings, dropped_f = keep_known_citations(parse_statements(parsed.get("findings")), allowed)
-    impression, dropped_i = keep_known_citations(parse_statements(parsed.get("impression")), allowed)
-    report = DraftReport(findings=findings, impression=impression, untrained_model=untrained)
-    return report, dropped_f + dropped_i
+    report, dropped, error = parse_report(generation.text, allowed, untrained=untrained)
+    if error is not None:
+        emit("parse_error", error=error, stopped=generation.stopped)
+    return report, dropped
 
 
 def _answer_text(action: AgentAction) -> str:

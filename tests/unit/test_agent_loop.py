@@ -320,7 +320,7 @@ def test_a_crop_is_shown_in_the_next_step_and_citable(study_image: ModelImage) -
 
 def test_steps_reach_the_sink_and_the_prompt_digest_covers_every_step(study_image: ModelImage) -> None:
     seen: list[TraceStep] = []
-    model = ScriptedModel([call("lab_results", loinc="2160-0"), DONE, report()])
+    model = ScriptedModel([call("lab_results", loinc="2160-0"), DONE, report(statement("No acute finding"))])
     result = run_agent(model, [study_image], CONTEXT, registry(), step_sink=seen.append)
     assert seen == result.steps
     kinds = [s.kind for s in seen]
