@@ -50,7 +50,7 @@ def validation_message(exc: ValidationError, prefix: str = "") -> str:
 def parse_hook_request(raw: bytes) -> HookRequest:
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise CdsError(400, "structure", "request body is not valid JSON") from exc
     if not isinstance(data, dict):
         raise CdsError(400, "structure", "request body must be a JSON object")

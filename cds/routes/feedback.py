@@ -47,7 +47,7 @@ async def feedback(
     raw = await request.body()
     try:
         parsed = FeedbackRequest.model_validate(json.loads(raw))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
         detail = (
             validation_message(exc) if isinstance(exc, ValidationError) else "request body is not valid JSON"
         )

@@ -41,7 +41,7 @@ class TokenResponse(BaseModel):
             return {}
         try:
             value = json.loads(self.appContext)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep
             return {}
         return value if isinstance(value, dict) else {}
 
