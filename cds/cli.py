@@ -73,22 +73,18 @@ def worker(
     queues: Annotated[str, typer.Option("-Q", "--queues", help="Comma-separated: gpu, io")] = "gpu,io",
     concurrency: Annotated[int, typer.Option("-c", "--concurrency")] = 1,
 ) -> None:
-    """A Celery worker; on `gpu` it loads the model once at start and keeps it."""
+    """A Celery worker on the prefork pool: `-c` child processes that live across tasks (on `gpu` each loads
+    the model once, when it starts) and that the time limits can interrupt and replace."""
     components = _components("veritrace-worker")
     components.prepare_storage()
     components.install_worker_runtime()
-    if "gpu" in queues.split(","):
-        from integrations.worker_runtime import get_runtime
-
-        identity = get_runtime().vlm().identity
-        typer.echo(f"model loaded: {identity.architecture} ({identity.dtype}, {identity.attention})")
     components.celery.worker_main(
         [
             "worker",
             "-Q",
             queues,
             "--pool",
-            "threads",
+            "prefork",
             "-c",
             str(concurrency),
             "-n",

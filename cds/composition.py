@@ -42,7 +42,7 @@ class Components:
 
     @cached_property
     def celery(self) -> Celery:
-        return make_celery(self.settings.resolved_broker_url)
+        return make_celery(self.settings.resolved_broker_url, self.settings.task_time_limits())
 
     def prepare_storage(self) -> None:
         """Create var/, migrate the database and make sure the ledger can sign checkpoints.

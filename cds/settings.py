@@ -15,6 +15,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit.config import LedgerConfig
 from audit.review.config import OidcConfig, ReviewConfig
+from integrations.celery_app import (
+    DEFAULT_ANALYSIS_TIME_LIMIT_S,
+    DEFAULT_KILL_GRACE_S,
+    DEFAULT_WRITEBACK_TIME_LIMIT_S,
+    TaskTimeLimits,
+)
 from integrations.dicom.config import DicomConfig, RoutingRules, SrDestination
 from integrations.fhir.config import FhirConfig
 from integrations.fhir.smart_backend import SmartBackendConfig
@@ -46,6 +52,12 @@ class Settings(BaseSettings):
     # Structured JSON logs (patient data filtered out) and OpenTelemetry spans to a file.
     log_json: bool = False
     trace_file: Path | None = None
+    # Celery time limits (s): past its limit a task is interrupted and fails (audited, dead-lettered); the
+    # grace later its pool child is killed and replaced. Limit + grace stays under RabbitMQ's
+    # consumer_timeout (30 min by default).
+    analysis_time_limit_s: float = Field(default=DEFAULT_ANALYSIS_TIME_LIMIT_S, gt=0)
+    writeback_time_limit_s: float = Field(default=DEFAULT_WRITEBACK_TIME_LIMIT_S, gt=0)
+    task_kill_grace_s: float = Field(default=DEFAULT_KILL_GRACE_S, gt=0)
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     public_base_url: str | None = None
@@ -124,6 +136,13 @@ class Settings(BaseSettings):
     @property
     def resolved_public_base_url(self) -> str:
         return self.public_base_url or f"http://{self.api_host}:{self.api_port}"
+
+    def task_time_limits(self) -> TaskTimeLimits:
+        return TaskTimeLimits(
+            analysis_s=self.analysis_time_limit_s,
+            writeback_s=self.writeback_time_limit_s,
+            kill_grace_s=self.task_kill_grace_s,
+        )
 
     def store_config(self) -> StoreConfig:
         return StoreConfig(database_url=self.resolved_database_url)

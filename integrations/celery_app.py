@@ -2,7 +2,9 @@
 
 Analyses run on queue `gpu` (one worker per GPU node, prefetch 1 so a long study does not hold others
 hostage); write-back, export and checkpoint work on `io`. Tasks are idempotent, so messages are acked late and
-redelivered when a worker dies mid-task.
+redelivered when a worker dies mid-task. Workers run Celery's prefork pool: a task runs in a pool child that
+lives across tasks (a `gpu` child loads the model once, when it starts), and the parent can interrupt it at
+its soft time limit and kill and replace the child at the hard one, which a thread pool cannot do.
 
 On RabbitMQ the queues are durable, publishes wait for the broker's confirm (so `send_task` returning means
 the message is on disk, not in a socket buffer), and each work queue dead-letters into `<queue>.dead` through
@@ -14,6 +16,7 @@ and it is written on RabbitMQ too, so `veritrace tasks dead-letters` reads one p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -28,13 +31,44 @@ SR_EXPORT_TASK = "veritrace.export_sr"
 DEAD_LETTER_EXCHANGE = "veritrace.dead"
 
 # RabbitMQ closes a channel whose delivery stays unacked longer than its consumer_timeout (30 min by
-# default), so every limit stays below that. With `--pool threads` Celery cannot interrupt a running
-# thread: these limits are enforced by the prefork pool only; on threads the health check reports a task
-# running past its limit (`integrations.ops.health`) and the attempt cap stops a study that keeps hanging.
-ANALYSE_TIME_LIMIT_S = 25 * 60
-WRITEBACK_TIME_LIMIT_S = 5 * 60
+# default), so soft limit + kill grace stays below that. Workers run the prefork pool, where the limits are
+# real: at the soft limit the task gets `SoftTimeLimitExceeded` (it then fails, audited and dead-lettered);
+# `kill_grace_s` later the pool kills the child process outright and starts a fresh one.
+DEFAULT_ANALYSIS_TIME_LIMIT_S = 24 * 60
+DEFAULT_WRITEBACK_TIME_LIMIT_S = 4 * 60 + 30
+DEFAULT_KILL_GRACE_S = 60
+# A pool child of a `gpu` worker loads the model before it reports up; the pool's default wait (4 s) would
+# kill it mid-load.
+CHILD_START_TIMEOUT_S = 15 * 60
 # Publisher side: how hard `send_task` tries before raising (a RabbitMQ restart takes a few seconds).
 PUBLISH_RETRY_POLICY = {"max_retries": 10, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 3.0}
+
+
+@dataclass(frozen=True)
+class TaskTimeLimits:
+    """Seconds a task may run (the soft limit), and how long after that its pool child is killed."""
+
+    analysis_s: float = DEFAULT_ANALYSIS_TIME_LIMIT_S
+    writeback_s: float = DEFAULT_WRITEBACK_TIME_LIMIT_S
+    kill_grace_s: float = DEFAULT_KILL_GRACE_S
+
+    def __post_init__(self) -> None:
+        for name in ("analysis_s", "writeback_s", "kill_grace_s"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"TaskTimeLimits.{name} must be > 0, got {value}")
+
+    def annotations(self) -> dict[str, dict[str, float]]:
+        """Per-task `soft_time_limit` / `time_limit`, as Celery task annotations (the worker applies them)."""
+        limits = {
+            ANALYSE_TASK: self.analysis_s,
+            WRITEBACK_TASK: self.writeback_s,
+            SR_EXPORT_TASK: self.writeback_s,
+        }
+        return {
+            name: {"soft_time_limit": soft, "time_limit": soft + self.kill_grace_s}
+            for name, soft in limits.items()
+        }
 
 
 def dead_letter_queue_name(queue: str) -> str:
@@ -93,12 +127,13 @@ def declare_dead_letter_queues(app: Celery) -> None:
             queue.bind(channel).declare()
 
 
-def make_celery(broker_url: str) -> Celery:
+def make_celery(broker_url: str, time_limits: TaskTimeLimits | None = None) -> Celery:
     # Publishers and workers alike carry the trace context in message headers.
     from integrations.tasks import trace_context  # noqa: F401  (connects signal handlers)
 
     app = Celery("veritrace", broker=broker_url, include=["integrations.tasks.analyse"])
     amqp = is_amqp_broker(broker_url)
+    limits = time_limits or TaskTimeLimits()
     app.conf.update(
         task_queues=work_queues(broker_url),
         task_default_exchange=IO_QUEUE,
@@ -115,7 +150,11 @@ def make_celery(broker_url: str) -> Celery:
         # A task that raised is acked (its failure is recorded by us); giving up is an explicit Reject.
         task_acks_on_failure_or_timeout=True,
         task_ignore_result=True,
-        task_time_limit=ANALYSE_TIME_LIMIT_S,
+        task_annotations=limits.annotations(),
+        # Any other task: the analysis limits, the longest we allow.
+        task_soft_time_limit=limits.analysis_s,
+        task_time_limit=limits.analysis_s + limits.kill_grace_s,
+        worker_proc_alive_timeout=CHILD_START_TIMEOUT_S,
         task_publish_retry=True,
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         worker_prefetch_multiplier=1,

@@ -1,8 +1,9 @@
 """Worker health from heartbeats in the database: alive, consuming, and no task running past its limit.
 
 Why the database and not Celery's remote-control `ping`: the embedded SQLite broker has no broadcast, and
-with `--pool threads` Celery cannot stop a task at its time limit, so "the process answers" is not enough;
-each worker writes what it is running every few seconds and the check compares start times with limits.
+"the process answers" is not enough: a worker whose pool no longer enforces limits (a child that cannot be
+killed, a parent stuck) still answers. Each worker writes what it is running every few seconds and the check
+compares start times with limits.
 One check serves a container probe (`--host $(hostname)`) and an operator looking at the whole cluster.
 """
 
@@ -12,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,10 +34,21 @@ def _aware(moment: datetime) -> datetime:
 
 
 class HeartbeatWriter:
-    """Writes this worker's row every `interval_s` from a daemon thread; tracks the tasks it runs."""
+    """Writes this worker's row every `interval_s` from a daemon thread; tracks the tasks it runs.
+
+    `active_tasks`, when given, reports the running tasks at each beat (a prefork parent reads them from its
+    pool's bookkeeping, since the tasks themselves run in child processes); otherwise `task_started` and
+    `task_finished` keep the list.
+    """
 
     def __init__(
-        self, engine: Engine, *, node_name: str, queues: str, interval_s: float = DEFAULT_INTERVAL_S
+        self,
+        engine: Engine,
+        *,
+        node_name: str,
+        queues: str,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        active_tasks: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -46,6 +59,7 @@ class HeartbeatWriter:
         self.queues = queues
         self.interval_s = interval_s
         self.started_at = datetime.now(UTC)
+        self._active_tasks = active_tasks
         self._active: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -66,8 +80,11 @@ class HeartbeatWriter:
 
     def beat(self, *, stopped: bool = False) -> None:
         """Upsert this worker's row now (the thread calls it; tests and shutdown call it directly)."""
-        with self._lock:
-            active = list(self._active.values())
+        if self._active_tasks is not None:
+            active = self._active_tasks()
+        else:
+            with self._lock:
+                active = list(self._active.values())
         now = datetime.now(UTC)
         values = {
             "hostname": self.hostname,

@@ -8,30 +8,32 @@ Delivery rules, the same for both tasks:
 - anything else, or retries exhausted, gives up: a dead-letter record in the database, a ledger entry, and a
   reject without requeue, which RabbitMQ routes to `<queue>.dead`;
 - a study whose analysis keeps dying mid-run (the worker killed or hung: `attempts` grows with no outcome) is
-  given up after `MAX_ANALYSIS_STARTS`, so one poison study cannot crash-loop a GPU node.
+  given up after `MAX_ANALYSIS_STARTS`, so one poison study cannot crash-loop a GPU node;
+- a task past its soft time limit gets `SoftTimeLimitExceeded` and gives up like any other failure; one that
+  does not return even then (stuck in native code) is killed with its pool child at the hard limit, and the
+  worker's parent process records that give-up instead (`record_hard_time_limit`). Limits: make_celery.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 from typing import Any, NoReturn
 
-from celery import shared_task
+from celery import shared_task, signals
 from celery.app.task import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from integrations.analysis.pipeline import mark_failed, run_analysis
 from integrations.analysis.writeback import write_back_report
 from integrations.celery_app import (
     ANALYSE_TASK,
-    ANALYSE_TIME_LIMIT_S,
     GPU_QUEUE,
     IO_QUEUE,
     SR_EXPORT_TASK,
     WRITEBACK_TASK,
-    WRITEBACK_TIME_LIMIT_S,
 )
 from integrations.dicom.sr_dispatch import DispatchState, export_draft_sr
 from integrations.fhir.errors import FhirError, FhirUnavailable
@@ -50,6 +52,8 @@ BACKOFF_BASE_S = 5.0
 ANALYSE_BACKOFF_CAP_S = 300.0
 WRITEBACK_BACKOFF_CAP_S = 600.0
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (FhirUnavailable, OperationalError)
+_hard_limit_recorded: set[str] = set()
+_hard_limit_lock = threading.Lock()
 
 
 def backoff_delay(retries: int, *, base_s: float = BACKOFF_BASE_S, cap_s: float) -> float:
@@ -66,6 +70,8 @@ def describe_failure(exc: BaseException) -> str:
     """
     if isinstance(exc, FhirError):
         return f"{type(exc).__name__}: {exc}"[:500]
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "SoftTimeLimitExceeded: the task ran past its time limit and was interrupted"
     return type(exc).__name__
 
 
@@ -76,16 +82,40 @@ def _is_transient(exc: BaseException) -> bool:
 def give_up(task: Task, runtime: WorkerRuntime, reason: str, args: list[Any]) -> NoReturn:
     """Record the dead letter (database + ledger), then reject without requeue (RabbitMQ: to `.dead`)."""
     request = task.request
-    queue = (request.delivery_info or {}).get("routing_key") or (
-        GPU_QUEUE if task.name == ANALYSE_TASK else IO_QUEUE
+    queue = (request.delivery_info or {}).get("routing_key") or _default_queue(str(task.name))
+    record_give_up(
+        runtime,
+        task_name=str(task.name),
+        task_id=str(request.id),
+        queue=str(queue),
+        args=args,
+        reason=reason,
+        attempts=int(request.retries or 0) + 1,
     )
-    attempts = int(request.retries or 0) + 1
+    raise Reject(reason, requeue=False)
+
+
+def _default_queue(task_name: str) -> str:
+    return GPU_QUEUE if task_name == ANALYSE_TASK else IO_QUEUE
+
+
+def record_give_up(
+    runtime: WorkerRuntime,
+    *,
+    task_name: str,
+    task_id: str,
+    queue: str,
+    args: list[Any],
+    reason: str,
+    attempts: int,
+) -> None:
+    """The dead-letter record and its ledger entry; a database outage is logged, never raised."""
     try:
         record = record_dead_letter(
             runtime.engine,
-            task_name=str(task.name),
-            task_id=str(request.id),
-            queue=str(queue),
+            task_name=task_name,
+            task_id=task_id,
+            queue=queue,
             args=args,
             reason=reason,
             attempts=attempts,
@@ -94,8 +124,8 @@ def give_up(task: Task, runtime: WorkerRuntime, reason: str, args: list[Any]) ->
             "task.dead_lettered",
             ACTOR,
             {
-                "task": task.name,
-                "task_id": request.id,
+                "task": task_name,
+                "task_id": task_id,
                 "args": args,
                 "queue": queue,
                 "reason": reason,
@@ -104,9 +134,51 @@ def give_up(task: Task, runtime: WorkerRuntime, reason: str, args: list[Any]) ->
         )
     except SQLAlchemyError as exc:
         # The database is what failed; the broker's dead-letter queue still keeps the message.
-        log.error("could not record dead letter for task %s (%s)", request.id, type(exc).__name__)
-    log.warning("task %s %s gave up: %s", task.name, request.id, reason)
-    raise Reject(reason, requeue=False)
+        log.error("could not record dead letter for task %s (%s)", task_id, type(exc).__name__)
+    log.warning("task %s %s gave up: %s", task_name, task_id, reason)
+
+
+@signals.task_failure.connect(weak=False)
+def record_hard_time_limit(
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    **_: Any,
+) -> None:
+    """In the worker's parent process: a task whose pool child was killed at the hard time limit.
+
+    The child could not record anything, and Celery has acked the message (a redelivery would only hang
+    again), so the analysis is marked failed and the task dead-lettered here; `veritrace tasks requeue`
+    sends it again once the cause is fixed.
+    """
+    if not isinstance(exception, TimeLimitExceeded) or task_id is None or sender is None:
+        return
+    with _hard_limit_lock:
+        if task_id in _hard_limit_recorded:
+            return  # Celery reports a hard time limit twice (the pool's result and the timeout handler)
+        _hard_limit_recorded.add(task_id)
+    task_name = str(getattr(sender, "name", sender))
+    ids = [str(arg) for arg in (args or [])]
+    limit = getattr(sender, "time_limit", None)
+    reason = f"TimeLimitExceeded: killed at the hard time limit ({limit} s)" if limit else "TimeLimitExceeded"
+    runtime = get_runtime()
+    attempts = 1
+    if task_name == ANALYSE_TASK and ids:
+        try:
+            attempts = max(1, _analysis_starts(runtime, ids[0])[1])
+            mark_failed(runtime, ids[0], reason)
+        except SQLAlchemyError:
+            log.error("could not mark analysis %s failed (database unavailable)", ids[0])
+    record_give_up(
+        runtime,
+        task_name=task_name,
+        task_id=task_id,
+        queue=_default_queue(task_name),
+        args=ids,
+        reason=reason,
+        attempts=attempts,
+    )
 
 
 def _analysis_starts(runtime: WorkerRuntime, analysis_id: str) -> tuple[str | None, int]:
@@ -120,8 +192,6 @@ def _analysis_starts(runtime: WorkerRuntime, analysis_id: str) -> tuple[str | No
     bind=True,
     acks_late=True,
     max_retries=ANALYSE_MAX_RETRIES,
-    time_limit=ANALYSE_TIME_LIMIT_S,
-    soft_time_limit=ANALYSE_TIME_LIMIT_S - 60,
 )
 def analyse_study(self: Task, analysis_id: str) -> str | None:
     """Idempotent on analysis_id: a redelivery of a completed analysis is a no-op."""
@@ -155,8 +225,6 @@ def analyse_study(self: Task, analysis_id: str) -> str | None:
     bind=True,
     acks_late=True,
     max_retries=WRITEBACK_MAX_RETRIES,
-    time_limit=WRITEBACK_TIME_LIMIT_S,
-    soft_time_limit=WRITEBACK_TIME_LIMIT_S - 30,
 )
 def writeback_report(self: Task, report_id: str) -> str | None:
     """Idempotent: the DiagnosticReport carries the analysis id as identifier (conditional create)."""
@@ -193,8 +261,6 @@ def writeback_report(self: Task, report_id: str) -> str | None:
     bind=True,
     acks_late=True,
     max_retries=None,
-    time_limit=WRITEBACK_TIME_LIMIT_S,
-    soft_time_limit=WRITEBACK_TIME_LIMIT_S - 30,
 )
 def export_sr(self: Task, report_id: str) -> str | None:
     """The draft as a DICOM SR back to the PACS. The exporter's own attempt cap and backoff decide when to
@@ -203,7 +269,10 @@ def export_sr(self: Task, report_id: str) -> str | None:
     with exclusive_claim(runtime.engine, f"sr-export:{report_id}") as held:
         if not held:
             return None
-        result = export_draft_sr(runtime, report_id)
+        try:
+            result = export_draft_sr(runtime, report_id)
+        except SoftTimeLimitExceeded as exc:
+            give_up(self, runtime, describe_failure(exc), [report_id])
         if result.state is DispatchState.PENDING:
             raise self.retry(countdown=result.retry_in_s or BACKOFF_BASE_S)
         return result.state.value
