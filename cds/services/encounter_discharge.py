@@ -4,20 +4,20 @@ A finding is unresolved when its draft report is current (not superseded, not ov
 report) and no clinician has accepted a card about that report (the discharge card offers an
 action-less "follow-up arranged" suggestion for exactly that); it needs follow-up when its severity is
 above normal or its text asks for follow-up (incidental findings usually do). Same staleness rule and
-degradation as ``patient-view``.
+degradation as ``patient-view``, and the same viewer link (``smart`` when the viewer is registered).
 """
 
 from __future__ import annotations
 
 import re
 
-from cds.cards import Card, Indicator, Link, Suggestion, shorten_summary
+from cds.cards import Card, Indicator, Suggestion, shorten_summary
 from cds.discovery import USAGE_REQUIREMENTS, ServiceDefinition
 from cds.hook_call import HookCall, HookOutcome, override_reasons, source
 from cds.hook_request import EncounterDischargeContext
 from cds.services.draft_reports import acknowledged_report_ids, current_drafts
 from cds.services.patient_view import FINAL_REPORTS_TEMPLATE, IMAGING_STUDIES_TEMPLATE
-from cds.services.report_cards import UNTRAINED_LABEL
+from cds.services.report_cards import UNTRAINED_LABEL, draft_viewer_link
 from cds.services.report_staleness import final_reports
 
 FOLLOW_UP = re.compile(r"follow[- ]?up|recommend|incidental|further (evaluation|imaging)", re.IGNORECASE)
@@ -86,13 +86,7 @@ def encounter_discharge_cards(call: HookCall) -> HookOutcome:
             suggestions=(Suggestion(label="Follow-up arranged: mark these findings resolved"),),
             selectionBehavior="at-most-one",
             overrideReasons=DISCHARGE_OVERRIDES,
-            links=(
-                Link(
-                    label="Open the draft report",
-                    url=f"{call.public_base_url}/viewer/reports/{report.id}",
-                    type="absolute",
-                ),
-            ),
+            links=(draft_viewer_link(report.id, call.public_base_url, smart_viewer=call.smart_viewer),),
             extension={
                 "veritrace.report": {
                     "reportId": report.id,

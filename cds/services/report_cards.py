@@ -64,18 +64,21 @@ def _summary(report: Report, head: str, text: str) -> str:
     return shorten_summary(f"{head}{label}: {text}")
 
 
-def _viewer_link(report: Report, public_base_url: str, *, smart_viewer: bool) -> Link:
-    """A ``smart`` link the EHR launches (SMART App Launch 2) when the viewer is a registered client.
+def draft_viewer_link(report_id: str, public_base_url: str, *, smart_viewer: bool) -> Link:
+    """The card link to a draft in the viewer, shared by every card that points at a draft.
 
+    A ``smart`` link the EHR launches (SMART App Launch 2) when the viewer is a registered client.
     Without a registration (``VERITRACE_VIEWER_CLIENT_ID`` unset) there is no SMART app to launch: an EHR
     given a ``smart`` link would start a launch that the viewer cannot finish (no client id at the
     EHR's authorization server, no ``/viewer`` routes mounted). The link then stays a plain ``absolute``
     one to the same address, so the card still says where the draft will be once the viewer is set up.
     """
     if smart_viewer:
-        return viewer_card_link(report.id, public_base_url)
+        return viewer_card_link(report_id, public_base_url)
     return Link(
-        label="Open the draft report", url=f"{public_base_url}/viewer/reports/{report.id}", type="absolute"
+        label="Open the draft report",
+        url=f"{public_base_url.rstrip('/')}/viewer/reports/{report_id}",
+        type="absolute",
     )
 
 
@@ -97,7 +100,7 @@ def report_card(report: Report, public_base_url: str, *, smart_viewer: bool) -> 
         indicator=INDICATOR_FOR_SEVERITY.get(report.severity, Indicator.INFO),
         source=source("Veritrace AI draft report", "ai-draft-report", "AI draft imaging report"),
         overrideReasons=REPORT_OVERRIDES,
-        links=(_viewer_link(report, public_base_url, smart_viewer=smart_viewer),),
+        links=(draft_viewer_link(report.id, public_base_url, smart_viewer=smart_viewer),),
         extension={
             "veritrace.report": {
                 "reportId": report.id,
@@ -136,7 +139,7 @@ def signal_cards(report: Report, public_base_url: str, *, smart_viewer: bool) ->
                 indicator=Indicator.CRITICAL if severity == "critical" else Indicator.WARNING,
                 source=source("Veritrace AI analysis", f"{signal['kind']}-signal", label),
                 overrideReasons=REPORT_OVERRIDES,
-                links=(_viewer_link(report, public_base_url, smart_viewer=smart_viewer),),
+                links=(draft_viewer_link(report.id, public_base_url, smart_viewer=smart_viewer),),
                 extension={
                     "veritrace.signal": {
                         "reportId": report.id,

@@ -285,6 +285,39 @@ def test_patient_view_with_the_viewer_registered_answers_spec_valid_smart_links(
     assert {link["appContext"] for link in links} == {f'{{"reportId":"{report.id}"}}'}
 
 
+def test_encounter_discharge_with_the_viewer_registered_links_a_smart_launch(
+    tmp_path: Path, signer: EhrTokenSigner, store: Store
+) -> None:
+    """The discharge card opens the same viewer launch as the patient-view card."""
+    report = seed_report(store, patient_id="pds", severity="minor")
+    app = build_app(
+        tmp_path,
+        store,
+        signer,
+        viewer_client_id="veritrace-viewer",
+        viewer_client_secret="not-used-here",
+        viewer_allowed_issuers=["https://ehr.test.example/fhir"],
+    )
+    body = hook_body(
+        "encounter-discharge",
+        {"userId": "Practitioner/u1", "patientId": "pds", "encounterId": "e1"},
+        {"finalReports": searchset(), "imagingStudies": searchset()},
+    )
+    with TestClient(app) as client:
+        response = _post(client, signer, "/cds-services/veritrace-encounter-discharge", body)
+    assert response.status_code == 200, response.text
+    validate_service_response(response.json())
+    (card,) = response.json()["cards"]
+    assert card["links"] == [
+        {
+            "label": "Open the draft report",
+            "url": f"{PUBLIC_BASE}/viewer/reports/{report.id}",
+            "type": "smart",
+            "appContext": f'{{"reportId":"{report.id}"}}',
+        }
+    ]
+
+
 def test_no_guidance_is_an_empty_cards_array(client: TestClient, signer: EhrTokenSigner) -> None:
     response = _post(
         client,
@@ -510,6 +543,14 @@ def test_discharge_lists_unresolved_findings_until_a_card_is_accepted(
         "pending": 1,
     }
     assert "adrenal nodule" in cards[0]["detail"] and "Normal heart size" not in cards[0]["detail"]
+    # No viewer registered here: a plain link to where the draft will be, no SMART launch.
+    assert cards[0]["links"] == [
+        {
+            "label": "Open the draft report",
+            "url": f"{PUBLIC_BASE}/viewer/reports/{report.id}",
+            "type": "absolute",
+        }
+    ]
     # Overriding does not resolve the findings; accepting the "follow-up arranged" suggestion does.
     now = datetime.now(UTC).isoformat()
     feedback_path = path + "/feedback"
