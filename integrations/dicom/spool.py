@@ -38,6 +38,7 @@ from integrations.dicom.spool_cipher import (
     is_sealed,
 )
 from integrations.dicom.spool_key import SpoolKey, load_spool_key
+from integrations.store.purged_paths import PURGED_PREFIX, is_purged, purged_marker
 
 if TYPE_CHECKING:
     from integrations.dicom.audit_port import AuditLedger
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 _CHUNK = 1024 * 1024
-# Index rows whose file the retention purge deleted keep their path behind this prefix (never a real path).
-PURGED_PREFIX = "purged:"
 INTEGRITY_FAILED = "spool.integrity_failed"
 ACTOR = "veritrace-spool"
 _READ_BUFFER = 64 * 1024
@@ -73,15 +72,6 @@ class SpoolObjectPurged(FileNotFoundError):
 
 class SpoolKeyUnavailable(OSError):
     """The file is encrypted and this process has no spool key (VERITRACE_SPOOL_KEY_FILE unset)."""
-
-
-def purged_marker(relative_path: str) -> str:
-    """What a purged row's `spool_path` becomes: the old path stays visible and never resolves to a file."""
-    return relative_path if is_purged(relative_path) else PURGED_PREFIX + relative_path
-
-
-def is_purged(spool_path: str) -> bool:
-    return spool_path.startswith(PURGED_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from integrations.store.models import Instance, Study
+from integrations.store.purged_paths import is_purged
 
 STUDY_RECEIVING = "receiving"
 STUDY_STABLE = "stable"
@@ -64,8 +65,11 @@ _INSTANCES: Table = Instance.__table__  # type: ignore[assignment]
 # Built once: on the receive path SQLAlchemy's per-call statement construction cost more than the
 # database work itself (several statements per instance at hundreds of instances a second).
 _SELECT_STUDY_ID = select(_STUDIES.c.id).where(_STUDIES.c.study_uid == bindparam("b_study_uid"))
-_SELECT_VERSIONS = select(_INSTANCES.c.id, _INSTANCES.c.sha256).where(
+_SELECT_VERSIONS = select(_INSTANCES.c.id, _INSTANCES.c.sha256, _INSTANCES.c.spool_path).where(
     _INSTANCES.c.sop_instance_uid == bindparam("b_sop_uid")
+)
+_RESTORE_PATH = (
+    update(_INSTANCES).where(_INSTANCES.c.id == bindparam("b_id")).values(spool_path=bindparam("b_path"))
 )
 _MARK_CONFLICT = (
     update(_INSTANCES).where(_INSTANCES.c.sop_instance_uid == bindparam("b_sop_uid")).values(conflict=True)
@@ -171,9 +175,15 @@ def record_instance(
     if study_id is None:
         study_id = ensure_study(connection, facts, calling_ae=calling_ae, now=now)
     versions = connection.execute(_SELECT_VERSIONS, {"b_sop_uid": facts.sop_instance_uid}).all()
-    for instance_id, sha256 in versions:
+    for instance_id, sha256, spool_path in versions:
         if sha256 == facts.sha256:
-            return RecordedInstance(study_id, instance_id, IngestOutcome.DUPLICATE)
+            if not is_purged(spool_path):
+                return RecordedInstance(study_id, instance_id, IngestOutcome.DUPLICATE)
+            # Retention deleted this file and the PACS sent the same bytes again: the row points at the
+            # file once more (otherwise the new copy would sit in the spool, unreferenced).
+            connection.execute(_RESTORE_PATH, {"b_id": instance_id, "b_path": facts.spool_path})
+            connection.execute(_TOUCH_STUDY, {"b_study_id": study_id, "b_now": now})
+            return RecordedInstance(study_id, instance_id, IngestOutcome.STORED)
     conflict = bool(versions)
     inserted = connection.execute(
         _insert_ignoring_conflict(connection, _INSTANCES, ["sop_instance_uid", "sha256"], _INSTANCES.c.id),

@@ -274,3 +274,41 @@ def test_cli_runs_the_purge_and_the_periodic_thread_runs_it_too(
     [entry] = store.entries(KIND)
     assert entry.payload["instances"] == 2 and entry.payload["spool_days"] == 365
     assert all(p.startswith(PURGED_PREFIX) for p in paths_of(store, study_id))
+
+
+def test_a_resend_of_purged_bytes_brings_the_row_back_to_its_file(store: DicomStore, spool: Spool) -> None:
+    from integrations.store.ingest import IngestOutcome, InstanceFacts, record_instance
+
+    study_id = seed_study(store, spool, "resent")
+    run_retention(store.engine, spool, store.ledger, CONFIG, now=NOW)
+    with store.sessions() as session:
+        row = session.execute(select(Instance).where(Instance.study_id == study_id).limit(1)).scalar_one()
+        study = session.get(Study, study_id)
+        assert study is not None and row.spool_path.startswith(PURGED_PREFIX)
+    respooled = spool.write_stream([b"resent-0" * 100])  # the same bytes as the purged instance 0
+    assert respooled.sha256 == row.sha256
+    facts = InstanceFacts(
+        study_uid=study.study_uid,
+        series_uid=row.series_uid,
+        sop_instance_uid=row.sop_instance_uid,
+        sop_class_uid=row.sop_class_uid,
+        transfer_syntax_uid=row.transfer_syntax_uid,
+        modality=None,
+        body_part=None,
+        patient_id=None,
+        accession_number=None,
+        spool_path=respooled.relative_path,
+        sha256=respooled.sha256,
+        size_bytes=respooled.size_bytes,
+    )
+    with store.sessions() as session, session.begin():
+        recorded = record_instance(session, facts, calling_ae="PACS", now=NOW)
+    assert recorded.outcome is IngestOutcome.STORED and recorded.instance_id == row.id
+    with store.sessions() as session:
+        restored = session.get(Instance, row.id)
+        assert restored is not None and restored.spool_path == respooled.relative_path
+    assert spool.open_plaintext(respooled.relative_path).read() == b"resent-0" * 100
+    # A second resend of the same bytes is an ordinary duplicate again.
+    with store.sessions() as session, session.begin():
+        again = record_instance(session, facts, calling_ae="PACS", now=NOW)
+    assert again.outcome is IngestOutcome.DUPLICATE
