@@ -29,6 +29,7 @@ from cds.client_auth.jti_replay import JtiReplayCache
 from cds.client_auth.jwks_cache import JwksCache
 from cds.client_auth.trusted_issuers import TrustedIssuers
 from cds.client_auth.verify import ClientTokenVerifier
+from cds.observability.tracing import FASTAPI_NATIVE_TELEMETRY_OFF
 from cds.operation_outcome import CdsError, IssueCode, operation_outcome
 from cds.prefetch import PrefetchFetcher
 from cds.routes import discovery, feedback, health, services
@@ -115,7 +116,12 @@ def create_app(
         await anyio.to_thread.run_sync(_app.state.cds.commits.close)
         await http.aclose()
 
-    app = FastAPI(title="Veritrace CDS Hooks", version="2.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Veritrace CDS Hooks",
+        version="2.0",
+        lifespan=lifespan,
+        telemetry=FASTAPI_NATIVE_TELEMETRY_OFF,  # our TracingMiddleware makes the one PHI-free span
+    )
     app.state.cds = CdsRuntime(
         public_base_url=settings.resolved_public_base_url.rstrip("/"),
         session_factory=session_factory,

@@ -16,9 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from audit import Ledger
 from cds.settings import Settings
-from integrations.celery_app import ANALYSE_TASK, SR_EXPORT_TASK, WRITEBACK_TASK, make_celery
+from integrations.celery_app import SR_EXPORT_TASK, WRITEBACK_TASK, make_celery
 from integrations.store.engine import make_engine, make_session_factory
 from integrations.store.migrate import upgrade_database
+from integrations.tasks.enqueue import enqueue_analysis
 from integrations.worker_runtime import WorkerRuntime, install_runtime_factory
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Components:
         ensure_signing_key(self.settings.ledger_config())
 
     def enqueue_analysis(self, analysis_id: str) -> None:
-        self.celery.send_task(ANALYSE_TASK, args=[analysis_id], queue="gpu", routing_key="gpu")
+        enqueue_analysis(self.celery, self.session_factory, analysis_id)
 
     def enqueue_writeback(self, report_id: str) -> None:
         self.celery.send_task(WRITEBACK_TASK, args=[report_id], queue="io", routing_key="io")

@@ -1,7 +1,9 @@
 """OpenTelemetry tracing: one provider per process, spans exported to a JSON-lines file or kept in memory.
 
 The trace crosses processes through the Celery message headers (`integrations.tasks.trace_context`), so a
-hook call or a stable study and the worker's analysis share one trace id. Request spans carry the route
+hook call or a stable study and the worker's analysis share one trace id; a study stored over STOW-RS keeps
+the request's traceparent in its row until the `dicom` process queues it (`integrations.trace_parent`), so
+the request, the publish, the worker's task and its FHIR calls form one trace. Request spans carry the route
 template, method and status only: never query strings, headers or bodies (they hold tokens and patient ids).
 A collector (OTLP) can be added by the deployment as another span processor on the returned provider.
 """
@@ -9,11 +11,13 @@ A collector (OTLP) can be added by the deployment as another span processor on t
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from opentelemetry import trace
+from fastapi.telemetry import TelemetryConfig
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -29,7 +33,8 @@ _tracer = trace.get_tracer("veritrace.api")
 
 
 class JsonLinesSpanExporter(SpanExporter):
-    """Appends one JSON object per finished span; several processes may share the file (one write each)."""
+    """Appends one JSON object per finished span. Several processes may share the file (a worker's pool
+    children do): each batch is one `write` on an O_APPEND descriptor, so lines never interleave."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -37,9 +42,13 @@ class JsonLinesSpanExporter(SpanExporter):
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(json.dumps(span_record(span), sort_keys=True) + "\n" for span in spans)
-        with self._lock, self.path.open("a", encoding="utf-8") as out:
-            out.write(lines)
+        lines = "".join(json.dumps(span_record(span), sort_keys=True) + "\n" for span in spans).encode()
+        with self._lock:
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(descriptor, lines)
+            finally:
+                os.close(descriptor)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
@@ -88,6 +97,17 @@ def configure_tracing(
     return provider
 
 
+# FastAPI's own OpenTelemetry support (on by default once a tracer provider is installed) would add a
+# second SERVER span per request with the raw URL path, plus spans and logs that can carry request values;
+# `create_app` turns it off so TracingMiddleware's span, with the fields listed above, is the only one.
+FASTAPI_NATIVE_TELEMETRY_OFF: TelemetryConfig = {
+    "tracing": False,
+    "operation_spans": False,
+    "logs": False,
+    "metrics": False,
+}
+
+
 class TracingMiddleware:
     """A SERVER span per HTTP request, named by method and route template."""
 
@@ -99,8 +119,14 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         method = str(scope.get("method", "GET"))
+        # A caller's W3C traceparent (a PACS or EHR that traces) makes this span part of its trace.
+        incoming = [value.decode("latin-1") for key, value in scope["headers"] if key == b"traceparent"]
+        parent = propagate.extract({"traceparent": incoming[0]}) if incoming else None
         with _tracer.start_as_current_span(
-            f"{method} request", kind=SpanKind.SERVER, attributes={"http.request.method": method}
+            f"{method} request",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method},
         ) as span:
             status = 500
 

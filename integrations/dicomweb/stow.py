@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Request, params
 from fastapi.responses import JSONResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -29,6 +30,8 @@ from integrations.dicom.receive import facts_from
 from integrations.dicom.spool import Spool
 from integrations.dicom.status import STATUS_CANNOT_UNDERSTAND
 from integrations.store.ingest import IngestOutcome, record_instance
+from integrations.store.models import Study
+from integrations.trace_parent import current_traceparent
 
 LOG = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
@@ -137,6 +140,13 @@ def _failure(reason: int, header: InstanceHeader | None) -> dict[str, Any]:
     return item
 
 
+def _remember_trace(session: Session, study_uids: set[str]) -> None:
+    """Keep this request's traceparent on its studies: the analysis queued later continues its trace."""
+    traceparent = current_traceparent()
+    if traceparent is not None:
+        session.execute(update(Study).where(Study.study_uid.in_(study_uids)).values(traceparent=traceparent))
+
+
 def make_stow_router(
     *,
     spool: Spool,
@@ -203,6 +213,7 @@ def make_stow_router(
                         session, facts_from(header, spooled), calling_ae=None, now=now
                     ).outcome
                     stored.append((header, spooled, outcome))
+                _remember_trace(session, {header.study_uid for _, header in headers})
         except (SQLAlchemyError, OSError) as exc:
             LOG.error("STOW-RS index write failed (%s); nothing indexed", type(exc).__name__)
             return JSONResponse({"detail": "index write failed; nothing stored"}, status_code=503)

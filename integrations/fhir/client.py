@@ -19,11 +19,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from integrations.fhir.config import FhirConfig
 from integrations.fhir.errors import FhirRequestError, FhirResponseError, FhirUnavailable
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("veritrace.fhir")
 
 FHIR_JSON = "application/fhir+json"
 RESOURCE_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
@@ -247,14 +250,29 @@ class FhirClient:
             else f"{self.base_url}/{path_or_url}"
         )
         url = url.rstrip("/")
-        try:
-            response = self._http.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            log.warning("FHIR %s: timed out", what)
-            raise FhirUnavailable(f"FHIR {what}: timed out") from exc
-        except httpx.TransportError as exc:
-            log.warning("FHIR %s: %s", what, type(exc).__name__)
-            raise FhirUnavailable(f"FHIR {what}: {type(exc).__name__}") from exc
+        # A CLIENT span in the caller's trace: method, resource type and status only (ids and search
+        # values in the URL can identify a patient).
+        resource_type = self._resource_type_of(url)
+        with _tracer.start_as_current_span(
+            f"FHIR {method} {resource_type}",
+            kind=SpanKind.CLIENT,
+            attributes={"http.request.method": method, "fhir.resource_type": resource_type},
+        ) as span:
+            headers: dict[str, str] = dict(kwargs.pop("headers", None) or {})
+            propagate.inject(headers)  # W3C traceparent, so a tracing EHR can continue the trace
+            try:
+                response = self._http.request(method, url, headers=headers, **kwargs)
+            except httpx.TimeoutException as exc:
+                log.warning("FHIR %s: timed out", what)
+                span.set_status(Status(StatusCode.ERROR, "timeout"))
+                raise FhirUnavailable(f"FHIR {what}: timed out") from exc
+            except httpx.TransportError as exc:
+                log.warning("FHIR %s: %s", what, type(exc).__name__)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise FhirUnavailable(f"FHIR {what}: {type(exc).__name__}") from exc
+            span.set_attribute("http.response.status_code", response.status_code)
+            if response.status_code >= 400:
+                span.set_status(Status(StatusCode.ERROR))
         status = response.status_code
         if status < 300:
             log.info("FHIR %s -> %d", what, status)
@@ -270,6 +288,13 @@ class FhirClient:
             )
             raise FhirRequestError(f"FHIR {what}: HTTP {status} ({codes})", status=status, outcome=outcome)
         raise FhirResponseError(f"FHIR {what}: unexpected HTTP {status}")
+
+    def _resource_type_of(self, url: str) -> str:
+        """The first path segment after the base URL if it is a type name, else "system" (batch, search)."""
+        path = urlsplit(url).path
+        base_path = urlsplit(self.base_url).path
+        first = path[len(base_path) :].lstrip("/").split("/", 1)[0] if path.startswith(base_path) else ""
+        return first if RESOURCE_TYPE_RE.match(first) else "system"
 
     def _json(self, response: httpx.Response, *, what: str) -> dict[str, Any]:
         try:

@@ -52,6 +52,9 @@ class Study(Base):
     # receiving -> stable (queued) ; a later instance sets it back to receiving.
     state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Added by 0005: W3C traceparent of the STOW-RS request that last stored into it, so the analysis that
+    # the dicom process queues later joins that request's trace (integrations.trace_parent).
+    traceparent: Mapped[str | None] = mapped_column(String(55))
 
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
 

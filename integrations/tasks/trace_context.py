@@ -3,6 +3,7 @@
 Uses only the OpenTelemetry API (a no-op until a process installs an SDK tracer provider, which the
 composition root does through `cds.observability.tracing`). The W3C `traceparent` travels as a Celery
 message header; span attributes are task names and ids, never arguments beyond ids or patient data.
+A publish inside a continued trace (`integrations.tasks.enqueue`) makes its span a child of that trace.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 _tracer = trace.get_tracer("veritrace.tasks")
+FLUSH_TIMEOUT_MS = 2000
 _publishing: dict[str, trace.Span] = {}
 _running: dict[str, tuple[trace.Span, object]] = {}
 _lock = threading.Lock()
@@ -112,6 +114,11 @@ def end_task_span(task_id: str | None = None, state: str | None = None, **_: Any
     if state:
         span.set_attribute("celery.state", state)
     span.end()
+    # A pool child ends with os._exit (or SIGKILL at a hard time limit), skipping the batch exporter's own
+    # flush: export this task's spans now.
+    flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+    if flush is not None:
+        flush(FLUSH_TIMEOUT_MS)
     # postrun on another thread than prerun: the context dies with that thread anyway.
     with contextlib.suppress(Exception):
         otel_context.detach(token)  # type: ignore[arg-type]

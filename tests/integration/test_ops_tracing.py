@@ -14,14 +14,12 @@ from pathlib import Path
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from cds.observability.tracing import configure_tracing
 from integrations.celery_app import WRITEBACK_TASK, make_celery
 from tests.fault.harness import Deployment, wait_until
+from tests.tracing_support import span_exporter
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
-_exporter: list[InMemorySpanExporter] = []
 
 WORKER_LAUNCHER = """
 import sys
@@ -33,18 +31,10 @@ app(["worker", "-Q", "io"])
 """
 
 
-def _publisher_exporter() -> InMemorySpanExporter:
-    """The tracer provider can be installed once per process: every test here shares this exporter."""
-    if not _exporter:
-        _exporter.append(InMemorySpanExporter())
-        configure_tracing("test-publisher", exporter=_exporter[0], synchronous=True)
-    return _exporter[0]
-
-
 def test_worker_span_is_a_child_of_the_publishing_span(
     tmp_path: Path, postgres_url: str, rabbitmq_url: str
 ) -> None:
-    exporter = _publisher_exporter()
+    exporter = span_exporter()
     deployment = Deployment.create(tmp_path / "home", database_url=postgres_url, broker_url=rabbitmq_url)
     trace_file = tmp_path / "worker-spans.jsonl"
     log_path = tmp_path / "worker.log"
