@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     review_local_users_file: Path | None = None
     review_secure_cookies: bool = True
     review_model_card_file: Path | None = None
+    # AES-GCM key (base64url, 32 bytes) sealing PKCE verifiers of pending review sign-ins; replicas must
+    # share it. Unset: a key file made on first use as $VERITRACE_HOME/keys/review-login.key (0600).
+    review_login_key: SecretStr | None = Field(default=None, repr=False)
     # The SMART draft viewer (/viewer) is mounted when the EHR registered it as a client.
     viewer_client_id: str | None = None
     viewer_client_secret: SecretStr = SecretStr("")
@@ -237,6 +240,7 @@ class Settings(BaseSettings):
             local_users_file=local,
             secure_cookies=self.review_secure_cookies,
             model_card_file=self.review_model_card_file,
+            login_key=self.review_login_key,
         )
 
     def ensure_home(self) -> None:

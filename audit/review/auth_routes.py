@@ -21,7 +21,7 @@ from audit.review.gate import (
 )
 from audit.review.oidc_client import OidcError, new_code_verifier
 from audit.review.reviewer import Reviewer
-from audit.review.sessions import PENDING_LOGIN_TTL_S, PendingLogin
+from audit.review.sessions import PENDING_LOGIN_TTL_S, PendingLogin, PendingLoginUnreadable
 from audit.review.state import ReviewState
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,14 @@ def build_auth_router(state: ReviewState) -> APIRouter:
         cookie_state = request.cookies.get(OIDC_STATE_COOKIE, "")
         if not given_state or not secrets.compare_digest(given_state, cookie_state):
             return RedirectResponse("/review/login?error=expired", status_code=303)
-        pending = state.sessions.finish_login(given_state)
+        try:
+            pending = state.sessions.finish_login(given_state)
+        except PendingLoginUnreadable:
+            log.warning(
+                "review sign-in refused: the pending sign-in was sealed with another login key "
+                "(replicas must share it) or was altered in the database"
+            )
+            return RedirectResponse("/review/login?error=failed", status_code=303)
         if pending is None:
             return RedirectResponse("/review/login?error=expired", status_code=303)
         if error or not code:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 
 class OidcConfig(BaseModel):
@@ -49,3 +49,7 @@ class ReviewConfig(BaseModel):
     """HTI-1 source attributes of the deployed model (JSON, see ``model_card``); shown on the model card."""
     spool_thumbnails: bool = True
     """Show thumbnails of the frames the model looked at (read from the spool by the trace source)."""
+    login_key: SecretStr | None = Field(default=None, repr=False)
+    """AES-256 key (base64url of 32 bytes) sealing the PKCE verifier of pending OIDC sign-ins in the
+    database (``login_sealing``); API replicas must share it. None: a key file made on first use (0600)
+    as ``review-login.key`` in the ledger's key directory. Only read when ``oidc`` is set."""

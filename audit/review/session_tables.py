@@ -1,7 +1,9 @@
-"""The review app's session tables. Created only by ``audit/migrations`` (audit_0002); this is for queries.
+"""The review app's session tables. Created only by ``audit/migrations`` (audit_0002, audit_0003); this is
+for queries.
 
 Keys are SHA-256 digests of the values the browser holds (session id cookie, OIDC ``state``), so a copy
-of the database opens no session. Times are Unix seconds.
+of the database opens no session, and the PKCE verifier of a pending sign-in is stored sealed
+(``login_sealing``). Times are Unix seconds.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ review_logins = sa.Table(
     "audit_review_logins",
     metadata,
     sa.Column("state_sha256", sa.String(64), primary_key=True),
-    sa.Column("code_verifier", sa.String(128), nullable=False),
+    sa.Column("code_verifier_sealed", sa.Text, nullable=False),
     sa.Column("nonce", sa.String(64), nullable=False),
     sa.Column("return_to", sa.Text, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False, index=True),

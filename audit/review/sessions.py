@@ -5,7 +5,8 @@ stay on the server, so nothing a reviewer searched for (patient ids) ever travel
 ``audit_review_*`` tables (audit_0002), so every API replica behind a load balancer sees the same
 sessions. Rows are keyed by the SHA-256 of the session id or ``state``, never the value; expiry is
 checked by every read and expired rows are purged by the next write. A pending sign-in is taken by
-one ``DELETE … RETURNING``: a replayed callback finds nothing on any replica.
+one ``DELETE … RETURNING``: a replayed callback finds nothing on any replica. Its PKCE verifier is
+stored sealed and bound to the row (``login_sealing``); one that does not open is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from audit.review.login_sealing import LoginSealer, row_digest
 from audit.review.reviewer import Reviewer
 from audit.review.session_tables import review_logins, review_searches, review_sessions
 from audit.review.source import AnalysisFilters
@@ -45,16 +47,28 @@ class PendingLogin:
     expires_at: float
 
 
+class PendingLoginUnreadable(Exception):
+    """A pending sign-in was found but its verifier does not open: another key, or an altered row.
+
+    The row is gone either way (taken by the same ``DELETE``), so it cannot be retried.
+    """
+
+
 def _digest(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
 class SessionStore:
-    """TTL-bound sessions and pending sign-ins, shared through ``engine``'s database."""
+    """TTL-bound sessions and pending sign-ins, shared through ``engine``'s database.
 
-    def __init__(self, engine: sa.Engine, ttl_s: int) -> None:
+    ``login_sealer`` seals PKCE verifiers; without one (no OIDC provider configured) there are no
+    pending sign-ins to keep, and ``begin_login`` refuses.
+    """
+
+    def __init__(self, engine: sa.Engine, ttl_s: int, login_sealer: LoginSealer | None = None) -> None:
         self._engine = engine
         self._ttl_s = ttl_s
+        self._login_sealer = login_sealer
 
     def create(self, reviewer: Reviewer) -> ReviewSession:
         session = ReviewSession(
@@ -134,14 +148,18 @@ class SessionStore:
             conn.execute(review_sessions.delete().where(review_sessions.c.id_sha256 == key))
 
     def begin_login(self, pending: PendingLogin) -> str:
-        """Store ``pending`` under a new ``state`` value and return it."""
+        """Store ``pending`` (its verifier sealed) under a new ``state`` value and return it."""
+        if self._login_sealer is None:
+            raise RuntimeError("no review login key: pending sign-ins need one (is OIDC configured?)")
         state = secrets.token_urlsafe(24)
+        key = _digest(state)
+        row = _login_row(key, pending.nonce, pending.return_to, pending.expires_at)
         with self._engine.begin() as conn:
             conn.execute(review_logins.delete().where(review_logins.c.expires_at <= time.time()))
             conn.execute(
                 review_logins.insert().values(
-                    state_sha256=_digest(state),
-                    code_verifier=pending.code_verifier,
+                    state_sha256=key,
+                    code_verifier_sealed=self._login_sealer.seal(pending.code_verifier, row=row),
                     nonce=pending.nonce,
                     return_to=pending.return_to,
                     expires_at=pending.expires_at,
@@ -150,15 +168,17 @@ class SessionStore:
         return state
 
     def finish_login(self, state: str) -> PendingLogin | None:
-        """The unexpired pending sign-in for ``state``, deleted in the same statement: usable once."""
+        """The unexpired pending sign-in for ``state``, deleted in the same statement: usable once.
+
+        Raises PendingLoginUnreadable when the row exists but its sealed verifier does not open.
+        """
+        key = _digest(state)
         with self._engine.begin() as conn:
             row = conn.execute(
                 review_logins.delete()
-                .where(
-                    review_logins.c.state_sha256 == _digest(state), review_logins.c.expires_at > time.time()
-                )
+                .where(review_logins.c.state_sha256 == key, review_logins.c.expires_at > time.time())
                 .returning(
-                    review_logins.c.code_verifier,
+                    review_logins.c.code_verifier_sealed,
                     review_logins.c.nonce,
                     review_logins.c.return_to,
                     review_logins.c.expires_at,
@@ -166,8 +186,14 @@ class SessionStore:
             ).first()
         if row is None:
             return None
+        verifier = None
+        if self._login_sealer is not None:
+            bound = _login_row(key, row.nonce, row.return_to, row.expires_at)
+            verifier = self._login_sealer.open(row.code_verifier_sealed, row=bound)
+        if verifier is None:
+            raise PendingLoginUnreadable("the pending sign-in's verifier does not open")
         return PendingLogin(
-            code_verifier=row.code_verifier,
+            code_verifier=verifier,
             nonce=row.nonce,
             return_to=row.return_to,
             expires_at=row.expires_at,
@@ -178,3 +204,7 @@ class SessionStore:
         expired = sa.select(review_sessions.c.id_sha256).where(review_sessions.c.expires_at <= now)
         conn.execute(review_searches.delete().where(review_searches.c.session_sha256.in_(expired)))
         conn.execute(review_sessions.delete().where(review_sessions.c.expires_at <= now))
+
+
+def _login_row(state_sha256: str, nonce: str, return_to: str, expires_at: float) -> bytes:
+    return row_digest(state_sha256=state_sha256, nonce=nonce, return_to=return_to, expires_at=expires_at)

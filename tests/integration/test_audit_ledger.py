@@ -78,7 +78,7 @@ def _stored_leaves(engine: sa.Engine) -> list[bytes]:
 def test_upgrade_is_idempotent(engine: sa.Engine) -> None:
     upgrade_ledger_schema(engine)
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM audit_alembic_version").scalar() == "audit_0002"
+        assert conn.exec_driver_sql("SELECT version_num FROM audit_alembic_version").scalar() == "audit_0003"
 
 
 def test_appends_are_contiguous_and_leaf_hashes_are_of_the_canonical_entry(ledger: Ledger) -> None:

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from audit.review.login_sealing import LOGIN_KEY_FILE, LoginKeyError, new_login_key
 from cds.app import create_app
 from cds.cli import app as cli
 from cds.composition import Components
@@ -49,3 +50,37 @@ def test_short_password_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     result = CliRunner().invoke(cli, ["review", "add-user", "bob", "--role", "admin", "--password", "short"])
     assert result.exit_code == 2
     assert not (tmp_path / "home" / "review-users.json").exists()
+
+
+def _oidc_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    monkeypatch.setenv("VERITRACE_HOME", str(home))
+    monkeypatch.setenv("VERITRACE_REVIEW_OIDC_ISSUER", "https://idp.example-hospital.invalid")
+    monkeypatch.setenv("VERITRACE_REVIEW_OIDC_CLIENT_ID", "veritrace-review")
+
+
+def test_oidc_sign_in_seals_with_the_configured_login_key_or_a_key_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _oidc_env(monkeypatch, tmp_path / "home")
+    key_file = tmp_path / "home" / "keys" / LOGIN_KEY_FILE
+    key = new_login_key()
+    monkeypatch.setenv("VERITRACE_REVIEW_LOGIN_KEY", key)
+    settings = Settings()
+    config = settings.review_config()
+    assert config is not None and config.login_key is not None
+    assert config.login_key.get_secret_value() == key and key not in repr(settings)
+    assert _client(settings).get("/review/api/me").status_code == 401
+    assert not key_file.exists(), "a configured key means no key file"
+
+    monkeypatch.delenv("VERITRACE_REVIEW_LOGIN_KEY")
+    assert _client(Settings()).get("/review/api/me").status_code == 401
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+def test_a_malformed_login_key_stops_the_api_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _oidc_env(monkeypatch, tmp_path / "home")
+    monkeypatch.setenv("VERITRACE_REVIEW_LOGIN_KEY", "too-short")
+    with pytest.raises(LoginKeyError, match="review login key"):
+        _client(Settings())

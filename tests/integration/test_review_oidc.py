@@ -1,8 +1,11 @@
 """Sign-in to the review app through a real OpenID provider (oidc-provider on Node.js, deploy/oidc):
-authorization code + PKCE, roles from the claim, state bound to the browser and usable once."""
+authorization code + PKCE, roles from the claim, state bound to the browser and usable once, and the
+PKCE verifier kept sealed in the database while the sign-in is pending."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,10 +13,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from audit.review import OidcConfig, ReviewConfig
+from audit.review.login_sealing import LOGIN_KEY_FILE, LoginSealer, new_login_key, row_digest
 from audit.review.oidc_client import code_challenge
+from audit.review.session_tables import review_logins
 from tests.conftest import free_port
 from tests.integration.review_idp import CLIENT_ID, CLIENT_SECRET, RunningIdp, running_idp
 from tests.integration.review_seed import SeededStore, review_app, seed
@@ -32,12 +39,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> SeededStore:
     return seed(tmp_path_factory.mktemp("review-oidc"))
 
 
-def oidc_config(idp: RunningIdp, secret: str = CLIENT_SECRET) -> ReviewConfig:
+def oidc_config(idp: RunningIdp, secret: str = CLIENT_SECRET, login_key: str | None = None) -> ReviewConfig:
     return ReviewConfig(
         oidc=OidcConfig(
             issuer=idp.issuer, client_id=CLIENT_ID, client_secret=secret, redirect_uri=idp.redirect_uri
         ),
         secure_cookies=False,
+        login_key=SecretStr(login_key) if login_key else None,
     )
 
 
@@ -135,3 +143,105 @@ def test_code_challenge_is_rfc7636_s256() -> None:
         code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
         == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
     )
+
+
+# ------------------------------------------------------------------ the pending sign-in's sealed verifier
+def _pending_row(store: SeededStore, authorization_url: str) -> sa.Row[tuple[object, ...]]:
+    state = parse_qs(urlsplit(authorization_url).query)["state"][0]
+    key = hashlib.sha256(state.encode()).hexdigest()
+    with store.ledger.engine.connect() as conn:
+        row = conn.execute(sa.select(review_logins).where(review_logins.c.state_sha256 == key)).one()
+    return row
+
+
+def _set_sealed(store: SeededStore, state_sha256: str, sealed: str) -> None:
+    with store.ledger.engine.begin() as conn:
+        conn.execute(
+            sa.update(review_logins)
+            .where(review_logins.c.state_sha256 == state_sha256)
+            .values(code_verifier_sealed=sealed)
+        )
+
+
+def test_the_stored_verifier_is_sealed_and_bound_to_its_row(idp: RunningIdp, store: SeededStore) -> None:
+    client = TestClient(review_app(store, oidc_config(idp)))
+    authorization_url = start_sign_in(client)
+    row = _pending_row(store, authorization_url)
+    key_file = store.ledger.config.key_dir / LOGIN_KEY_FILE
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    sealer = LoginSealer.from_key_or_file(None, key_file)
+    bound = row_digest(
+        state_sha256=row.state_sha256, nonce=row.nonce, return_to=row.return_to, expires_at=row.expires_at
+    )
+    verifier = sealer.open(row.code_verifier_sealed, row=bound)
+    assert verifier is not None and len(verifier) >= 43
+    # It is the verifier behind the challenge the IdP got, yet the column holds none of it.
+    challenge = parse_qs(urlsplit(authorization_url).query)["code_challenge"][0]
+    assert code_challenge(verifier) == challenge
+    assert row.code_verifier_sealed != verifier and verifier[:12] not in row.code_verifier_sealed
+    assert verifier[:12] not in base64.urlsafe_b64decode(row.code_verifier_sealed + "==").decode("latin-1")
+    # Bound to the row: the same ciphertext under another return path does not open.
+    moved = row_digest(
+        state_sha256=row.state_sha256,
+        nonce=row.nonce,
+        return_to="/review/elsewhere",
+        expires_at=row.expires_at,
+    )
+    assert sealer.open(row.code_verifier_sealed, row=moved) is None
+
+
+REFUSED_UNOPENED = "the pending sign-in was sealed with another login key"
+
+
+def test_a_tampered_sealed_verifier_refuses_the_callback(
+    idp: RunningIdp, store: SeededStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = TestClient(review_app(store, oidc_config(idp)))
+    authorization_url = start_sign_in(client)
+    row = _pending_row(store, authorization_url)
+    sealed = str(row.code_verifier_sealed)
+    flipped = sealed[:20] + ("A" if sealed[20] != "A" else "B") + sealed[21:]
+    _set_sealed(store, row.state_sha256, flipped)
+    callback = authorize_at_idp(authorization_url, "officer")
+    response = client.get(callback.removeprefix(APP_BASE), follow_redirects=False)
+    assert response.headers["location"] == "/review/login?error=failed"
+    assert REFUSED_UNOPENED in caplog.text, "refused before any code was redeemed at the IdP"
+    assert client.get("/review/api/me").status_code == 401
+    # Taken by the refused callback: a retry with the same state finds nothing.
+    retry = client.get(callback.removeprefix(APP_BASE), follow_redirects=False)
+    assert retry.headers["location"] == "/review/login?error=expired"
+
+
+def test_a_verifier_sealed_for_another_row_refuses_the_callback(
+    idp: RunningIdp, store: SeededStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = review_app(store, oidc_config(idp))
+    victim, attacker = TestClient(app), TestClient(app)
+    victim_url, attacker_url = start_sign_in(victim), start_sign_in(attacker)
+    victim_row, attacker_row = _pending_row(store, victim_url), _pending_row(store, attacker_url)
+    # Someone with write access to the table copies one pending sign-in's sealed verifier into another.
+    _set_sealed(store, victim_row.state_sha256, str(attacker_row.code_verifier_sealed))
+    callback = authorize_at_idp(victim_url, "officer")
+    response = victim.get(callback.removeprefix(APP_BASE), follow_redirects=False)
+    assert response.headers["location"] == "/review/login?error=failed"
+    assert REFUSED_UNOPENED in caplog.text
+    assert victim.get("/review/api/me").status_code == 401
+
+
+def test_replicas_sharing_the_configured_login_key_finish_each_others_sign_ins(
+    idp: RunningIdp, store: SeededStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = new_login_key()
+    first = TestClient(review_app(store, oidc_config(idp, login_key=key)))
+    second = TestClient(review_app(store, oidc_config(idp, login_key=key)))
+    other = TestClient(review_app(store, oidc_config(idp, login_key=new_login_key())))
+    callback = authorize_at_idp(start_sign_in(first), "officer")
+    second.cookies.update(first.cookies)  # the load balancer sends the callback to the other replica
+    response = second.get(callback.removeprefix(APP_BASE), follow_redirects=False)
+    assert response.headers["location"] == "/review/dashboards"
+    assert REFUSED_UNOPENED not in caplog.text
+    callback = authorize_at_idp(start_sign_in(first), "officer")
+    other.cookies.update(first.cookies)  # a replica with another key: refused, not signed in
+    response = other.get(callback.removeprefix(APP_BASE), follow_redirects=False)
+    assert response.headers["location"] == "/review/login?error=failed"
+    assert REFUSED_UNOPENED in caplog.text

@@ -2,7 +2,8 @@
 
 Each replica has its own engine and ledger over the same database: a reviewer signed in on one is
 signed in on the other, a search saved on one opens on the other, signing out on one ends the session
-everywhere, and a pending OIDC sign-in is taken once whichever replica the callback reaches.
+everywhere, and a pending OIDC sign-in is taken once whichever replica the callback reaches, its sealed
+verifier opening there only with the shared login key.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from fastapi.testclient import TestClient
 
 from audit import Ledger, LedgerConfig
 from audit.review import ReviewConfig
+from audit.review.login_sealing import LoginSealer, decode_login_key, new_login_key
 from audit.review.reviewer import Reviewer
 from audit.review.session_tables import review_logins, review_searches, review_sessions
-from audit.review.sessions import PendingLogin, SessionStore
+from audit.review.sessions import PendingLogin, PendingLoginUnreadable, SessionStore
 from audit.review.source import AnalysisFilters
 from integrations.store.config import StoreConfig
 from integrations.store.engine import make_engine, make_session_factory
@@ -95,15 +97,26 @@ def test_a_pending_sign_in_is_taken_once_on_any_replica(
 ) -> None:
     store, _, _ = replicas
     engine = store.ledger.engine
-    one, two = SessionStore(engine, 3600), SessionStore(engine, 3600)
+    shared_key = decode_login_key(new_login_key())
+    one = SessionStore(engine, 3600, LoginSealer(shared_key))
+    two = SessionStore(engine, 3600, LoginSealer(shared_key))
     pending = PendingLogin("v" * 64, "nonce", "/review/analyses", time.time() + 600)
     state = one.begin_login(pending)
+    with engine.connect() as conn:
+        (stored,) = conn.execute(sa.select(review_logins.c.code_verifier_sealed)).scalars().all()
+    assert "v" * 16 not in stored
     assert two.finish_login(state) == pending
     assert one.finish_login(state) is None and two.finish_login(state) is None
     late = one.begin_login(pending)
     with engine.begin() as conn:
         conn.execute(sa.update(review_logins).values(expires_at=time.time() - 1))
     assert two.finish_login(late) is None
+    # A replica configured with another key cannot open what the first one sealed: refused, and gone.
+    stranger = SessionStore(engine, 3600, LoginSealer(decode_login_key(new_login_key())))
+    elsewhere = one.begin_login(pending)
+    with pytest.raises(PendingLoginUnreadable):
+        stranger.finish_login(elsewhere)
+    assert one.finish_login(elsewhere) is None
 
 
 def test_expired_sessions_are_refused_and_purged_with_their_searches(
