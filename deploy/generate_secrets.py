@@ -13,7 +13,8 @@ For a cluster, pass the hosts of the managed PostgreSQL and RabbitMQ (``--postgr
 ``--rabbitmq-host``); the compose defaults are the service names ``postgres`` and ``rabbitmq``.
 
 Files (the directory is created mode 0700; the files are 0644 because containers running as other
-uids must read their bind-mounted copies, and the directory already keeps other host users out):
+uids must read their bind-mounted copies, and the directory already keeps other host users out; the one
+exception is ``spool.key``):
 
 ``postgres_password``   the database role's password (PostgreSQL image: ``POSTGRES_PASSWORD_FILE``)
 ``rabbitmq.conf``       RabbitMQ's default user and password (mounted into ``/etc/rabbitmq/conf.d``)
@@ -24,6 +25,16 @@ uids must read their bind-mounted copies, and the directory already keeps other 
 ``ledger.key``          the Ed25519 checkpoint signing key (PKCS#8 PEM)
 ``ledger.vkey``         its public verifier key (signed-note format), to publish to auditors
 ``tls.crt``/``tls.key`` a self-signed certificate for the proxy; replace with one the hospital's CA issued
+``viewer_session_key``  ``VERITRACE_VIEWER_SESSION_KEY`` (base64url AES-256), for a Kubernetes Secret
+``review_login_key``    ``VERITRACE_REVIEW_LOGIN_KEY`` (base64url AES-256), for a Kubernetes Secret
+``api.env``             both keys as an env file, for the compose ``api`` service only
+``spool.key``           the spool's at-rest encryption key (``veritrace spool create-key``'s format),
+                        mode 0400: the spool refuses a key file group or others may read. For compose,
+                        ``chown`` it to the image's uid (10001) so the bind-mounted copy is readable
+
+Every API replica must hold the same two session keys, and every api, dicom and worker process the same
+spool key: a replica with its own key cannot open what another sealed (a viewer session, a pending
+review sign-in, a spooled study). That is why they are made here, once, and not on first start.
 
 An existing directory that already holds any of these files is refused: regenerating the signing key
 or the database password of a running deployment is a rotation, and deserves its own procedure.
@@ -48,7 +59,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from audit.config import LedgerConfig
+from audit.review.login_sealing import new_login_key
 from audit.signing import PRIVATE_KEY_FILE, VERIFIER_DIR, generate_key
+from integrations.dicom.spool_key import create_spool_key
 
 SECRET_FILES = (
     "postgres_password",
@@ -61,7 +74,12 @@ SECRET_FILES = (
     "ledger.vkey",
     "tls.crt",
     "tls.key",
+    "viewer_session_key",
+    "review_login_key",
+    "api.env",
+    "spool.key",
 )
+SPOOL_KEY_MODE = 0o400
 DB_USER = "veritrace"
 DB_NAME = "veritrace"
 BROKER_USER = "veritrace"
@@ -146,6 +164,8 @@ def generate_secrets(
     database_url = f"postgresql+psycopg://{DB_USER}:{db_password}@{postgres_host}:5432/{DB_NAME}"
     broker_url = f"amqp://{BROKER_USER}:{broker_password}@{rabbitmq_host}:5672/{BROKER_VHOST}"
     ledger_pem, ledger_vkey = _ledger_key_pair(origin)
+    # Both are base64url of 32 random bytes, the form the viewer and the review app decode.
+    viewer_session_key, review_login_key = new_login_key(), new_login_key()
     tls_cert, tls_key = _self_signed_tls(tls_hostnames)
     contents: dict[str, str | bytes] = {
         "postgres_password": db_password,
@@ -161,9 +181,19 @@ def generate_secrets(
         "ledger.vkey": ledger_vkey,
         "tls.crt": tls_cert,
         "tls.key": tls_key,
+        "viewer_session_key": viewer_session_key,
+        "review_login_key": review_login_key,
+        "api.env": (
+            f"VERITRACE_VIEWER_SESSION_KEY={viewer_session_key}\n"
+            f"VERITRACE_REVIEW_LOGIN_KEY={review_login_key}\n"
+        ),
     }
     for name in SECRET_FILES:
-        _write(directory, name, contents[name])
+        if name in contents:
+            _write(directory, name, contents[name])
+    spool_key = directory / "spool.key"
+    create_spool_key(spool_key)  # the same writer as `veritrace spool create-key`
+    spool_key.chmod(SPOOL_KEY_MODE)
     return [directory / name for name in SECRET_FILES]
 
 

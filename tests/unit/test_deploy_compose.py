@@ -236,3 +236,43 @@ def test_missing_secrets_fail_with_a_clear_error(tmp_path: Path) -> None:
     result = run_compose_config(tmp_path, DEPLOY / "config" / "cds-issuers.example.json")
     assert result.returncode != 0
     assert re.search(rf"env file {re.escape(str(tmp_path))}/\S+\.env not found", result.stderr)
+
+
+SESSION_KEYS = {
+    "VERITRACE_VIEWER_SESSION_KEY": "viewer_session_key",
+    "VERITRACE_REVIEW_LOGIN_KEY": "review_login_key",
+}
+SPOOL_SERVICES = {"api", "dicom", "worker-io", "worker-gpu"}
+
+
+def test_both_api_replicas_get_the_generated_session_keys_and_no_one_else_does(
+    project: dict[str, Any], raw: dict[str, Any], secrets_dir: Path
+) -> None:
+    api = project["services"]["api"]
+    assert api["deploy"]["replicas"] == 2, "one service definition: every replica gets the same env"
+    for name, generated in SESSION_KEYS.items():
+        assert api["environment"][name] == (secrets_dir / generated).read_text()
+        assert name not in (raw["services"]["api"].get("environment") or {}), "from the secret env file only"
+    api_env_file = "${VERITRACE_SECRETS_DIR:-./secrets}/api.env"
+    assert api_env_file in [entry["path"] for entry in raw["services"]["api"]["env_file"]]
+    for name, service in project["services"].items():
+        if name != "api":
+            assert not set(SESSION_KEYS) & set(service.get("environment") or {}), name
+            written = raw["services"][name].get("env_file", [])
+            assert api_env_file not in [e["path"] for e in written], name
+
+
+def test_spool_key_is_mounted_where_the_setting_points_in_every_spool_process(
+    project: dict[str, Any], secrets_dir: Path
+) -> None:
+    assert Path(project["secrets"]["spool_key"]["file"]) == secrets_dir / "spool.key"
+    for name in SPOOL_SERVICES:
+        service = project["services"][name]
+        targets = {s["source"]: s["target"] for s in service["secrets"]}
+        assert targets["spool_key"] == service["environment"]["VERITRACE_SPOOL_KEY_FILE"], name
+        assert "ledger_signing_key" in targets, f"{name} keeps its ledger keys"
+    migrate = project["services"]["migrate"]
+    assert "spool_key" not in {s["source"] for s in migrate["secrets"]}
+    assert "VERITRACE_SPOOL_KEY_FILE" not in migrate["environment"]
+    with_spool = {n for n, s in project["services"].items() if "spool" in str(s.get("volumes"))}
+    assert with_spool == SPOOL_SERVICES, "every process that touches the spool gets its key"

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from cds.settings import Settings
+from cds.viewer.sealed_secrets import decode_key
+from integrations.dicom.spool_key import load_spool_key
 from tests.unit.test_deploy_secrets import load_deploy_module
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +24,16 @@ CHART = REPO / "deploy" / "helm" / "veritrace"
 ISSUERS = REPO / "deploy" / "config" / "cds-issuers.example.json"
 ORIGIN = "veritrace.example-hospital.invalid/ledger"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
+SESSION_KEYS = {
+    "VERITRACE_VIEWER_SESSION_KEY": ("viewer-session-key", "viewer_session_key"),
+    "VERITRACE_REVIEW_LOGIN_KEY": ("review-login-key", "review_login_key"),
+}
+SPOOL_PODS = [
+    ("Deployment", "vt-veritrace-api"),
+    ("StatefulSet", "vt-veritrace-dicom"),
+    ("Deployment", "vt-veritrace-worker-io"),
+    ("Deployment", "vt-veritrace-worker-gpu"),
+]
 HOME = Path("/var/lib/veritrace")
 
 
@@ -59,6 +71,9 @@ def secret_args(secrets_dir: Path, *, with_issuers: bool = True) -> list[str]:
         "--set-file", f"secrets.brokerUrl={secrets_dir / 'broker_url'}",
         "--set-file", f"secrets.ledgerSigningKey={secrets_dir / 'ledger.key'}",
         "--set-file", f"secrets.ledgerVerifierKey={secrets_dir / 'ledger.vkey'}",
+        "--set-file", f"secrets.viewerSessionKey={secrets_dir / 'viewer_session_key'}",
+        "--set-file", f"secrets.reviewLoginKey={secrets_dir / 'review_login_key'}",
+        "--set-file", f"secrets.spoolKey={secrets_dir / 'spool.key'}",
         "--set", f"config.ledgerOrigin={ORIGIN}",
     ]  # fmt: skip
 
@@ -315,6 +330,12 @@ def test_an_existing_secret_replaces_the_generated_one(helm: str) -> None:
             )
             env = {e["name"]: e for e in pod["containers"][0]["env"]}
             assert env["VERITRACE_BROKER_URL"]["valueFrom"]["secretKeyRef"]["name"] == "hospital-veritrace"
+            for volume in pod["volumes"]:
+                if "secret" in volume:
+                    assert volume["secret"]["secretName"] == "hospital-veritrace", volume["name"]
+            for name in SESSION_KEYS:
+                if name in env:
+                    assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "hospital-veritrace"
 
 
 def test_issuers_allow_list_is_required_and_mounted(
@@ -331,3 +352,79 @@ def test_issuers_allow_list_is_required_and_mounted(
     (api,) = containers(find(docs, "Deployment", "vt-veritrace-api"))
     mount = next(m for m in api["volumeMounts"] if m["name"] == "cds-issuers")
     assert Path(mount["mountPath"]) / "cds-issuers.json" == Path(config["VERITRACE_CDS_ISSUERS_FILE"])
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_api_replicas_share_the_session_keys_of_the_one_secret(
+    docs: list[dict[str, Any]], secrets_dir: Path
+) -> None:
+    """Every api replica is the one pod template: its session keys are references into the one Secret."""
+    secret = find(docs, "Secret", "vt-veritrace-secrets")
+    api = find(docs, "Deployment", "vt-veritrace-api")
+    assert find(docs, "HorizontalPodAutoscaler", "vt-veritrace-api")["spec"]["minReplicas"] >= 2
+    (container,) = containers(api)
+    env = _env(container)
+    for name, (secret_key, generated) in SESSION_KEYS.items():
+        assert "value" not in env[name], f"{name} must not be inlined in the pod spec"
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "vt-veritrace-secrets", "key": secret_key}
+        value = base64.b64decode(secret["data"][secret_key]).decode()
+        assert value == (secrets_dir / generated).read_text()
+        assert len(decode_key(value)) == 32, "the form the api decodes"
+    for doc in docs:
+        if doc["kind"] in WORKLOAD_KINDS and doc["metadata"]["name"] != "vt-veritrace-api":
+            for other in containers(doc):
+                assert not set(SESSION_KEYS) & set(_env(other)), doc["metadata"]["name"]
+
+
+def test_pods_that_touch_the_spool_read_the_generated_key_as_a_0400_file(
+    docs: list[dict[str, Any]], secrets_dir: Path, tmp_path: Path
+) -> None:
+    secret = find(docs, "Secret", "vt-veritrace-secrets")
+    material = base64.b64decode(secret["data"]["spool.key"])
+    assert material == (secrets_dir / "spool.key").read_bytes()
+    for kind, name in SPOOL_PODS:
+        pod = find(docs, kind, name)["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        staged = volumes["spool-key-secret"]["secret"]
+        assert staged["secretName"] == "vt-veritrace-secrets"
+        assert staged["items"] == [{"key": "spool.key", "path": "spool.key", "mode": 0o400}], name
+        assert volumes["spool-key"]["emptyDir"]["medium"] == "Memory", "the copy never touches a disk"
+        # The init container copies the Secret item, mode 0400 and owned by the pod's user, into the
+        # emptyDir (the kubelet would add group read to the Secret file itself under fsGroup).
+        (init,) = pod["initContainers"]
+        mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+        command = init["command"]
+        assert command[:3] == ["install", "-m", "0400"], name
+        assert Path(command[3]) == Path(mounts["spool-key-secret"]) / "spool.key"
+        (container,) = pod["containers"]
+        assert init["image"] == container["image"], "no extra image to pull"
+        assert init["securityContext"]["readOnlyRootFilesystem"] is True
+        key_file = Path(_env(container)["VERITRACE_SPOOL_KEY_FILE"]["value"])
+        assert Path(command[4]) == key_file and key_file.parent == Path(mounts["spool-key"])
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "spool-key")
+        assert Path(mount["mountPath"]) == key_file.parent and mount["readOnly"] is True
+        assert "spool-key-secret" not in {m["name"] for m in container["volumeMounts"]}
+    # What the process finds there, a 0400 file with these bytes, is a key the spool accepts.
+    copy = tmp_path / "spool.key"
+    copy.write_bytes(material)
+    copy.chmod(0o400)
+    assert load_spool_key(copy).key_id == load_spool_key(secrets_dir / "spool.key").key_id
+    migrate = find(docs, "Job", "vt-veritrace-migrate")["spec"]["template"]["spec"]
+    assert "spool-key-secret" not in {v["name"] for v in migrate["volumes"]}
+
+
+@pytest.mark.parametrize("missing", ["viewerSessionKey", "reviewLoginKey", "spoolKey"])
+def test_every_shared_key_must_be_supplied(helm: str, secrets_dir: Path, missing: str) -> None:
+    args = secret_args(secrets_dir)
+    at = args.index(next(a for a in args if a.startswith(f"secrets.{missing}=")))
+    result = subprocess.run(
+        [helm, "template", "vt", str(CHART), *args[: at - 1], *args[at + 1 :]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert f"secrets.{missing} is required" in result.stderr

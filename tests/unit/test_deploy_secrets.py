@@ -13,7 +13,10 @@ from cryptography import x509
 from kombu.utils.url import url_to_parts
 from sqlalchemy.engine import make_url
 
+from audit.review.login_sealing import decode_login_key
 from audit.signing import NoteVerifier, load_signer
+from cds.viewer.sealed_secrets import decode_key
+from integrations.dicom.spool_key import load_spool_key
 
 REPO = Path(__file__).resolve().parents[2]
 ORIGIN = "veritrace.example-hospital.invalid/ledger"
@@ -139,3 +142,29 @@ def test_cli_reports_without_printing_values(tmp_path: Path, capsys: pytest.Capt
     assert "values not shown" in printed
     assert (out / "postgres_password").read_text() not in printed
     assert generator.main([str(out), "--origin", ORIGIN]) == 2
+
+
+def test_shared_session_keys_decode_where_they_are_used_and_reach_the_api_env_file(
+    tmp_path: Path, secrets_dir: Path
+) -> None:
+    viewer = (secrets_dir / "viewer_session_key").read_text()
+    review = (secrets_dir / "review_login_key").read_text()
+    assert len(decode_key(viewer)) == 32 and len(decode_login_key(review)) == 32
+    assert viewer != review
+    env = dict(line.split("=", 1) for line in (secrets_dir / "api.env").read_text().splitlines())
+    assert env == {"VERITRACE_VIEWER_SESSION_KEY": viewer, "VERITRACE_REVIEW_LOGIN_KEY": review}
+    other = tmp_path / "other"
+    generator.generate_secrets(other, origin=ORIGIN)
+    assert (other / "viewer_session_key").read_text() != viewer
+    assert (other / "review_login_key").read_text() != review
+
+
+def test_spool_key_is_owner_read_only_and_loads_as_the_spool_loads_it(
+    tmp_path: Path, secrets_dir: Path
+) -> None:
+    path = secrets_dir / "spool.key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400
+    key = load_spool_key(path)
+    other = tmp_path / "other"
+    generator.generate_secrets(other, origin=ORIGIN)
+    assert load_spool_key(other / "spool.key").key_id != key.key_id

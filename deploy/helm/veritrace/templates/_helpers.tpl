@@ -77,6 +77,76 @@ env:
         key: broker-url
 {{- end -}}
 
+{{/*
+The keys every api replica must share (the viewer's EHR-token sealing key, the review app's sign-in
+sealing key): list items to append to "veritrace.env"'s env, from the one Secret.
+*/}}
+{{- define "veritrace.apiSessionKeysEnv" -}}
+- name: VERITRACE_VIEWER_SESSION_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "veritrace.secretName" . }}
+      key: viewer-session-key
+- name: VERITRACE_REVIEW_LOGIN_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "veritrace.secretName" . }}
+      key: review-login-key
+{{- end -}}
+
+{{/*
+The spool key, for every pod that reads or writes the spool. The Secret item is mode 0400, but with the
+pod's fsGroup the kubelet adds group read to Secret files (kubernetes/kubernetes#57923), and the spool
+refuses a key file its group may read. So an init container copies it, mode 0400 and owned by the pod's
+user, into a memory-backed emptyDir, and the process reads that copy.
+*/}}
+{{- define "veritrace.spoolKeyDir" -}}/run/veritrace/spool-key{{- end -}}
+
+{{- define "veritrace.spoolKeyEnv" -}}
+- name: VERITRACE_SPOOL_KEY_FILE
+  value: {{ include "veritrace.spoolKeyDir" . }}/spool.key
+{{- end -}}
+
+{{/* Call with (dict "root" $ "image" <the pod's image>). */}}
+{{- define "veritrace.spoolKeyInit" -}}
+- name: spool-key
+  image: {{ .image }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  command: ["install", "-m", "0400", "/run/veritrace/spool-key-secret/spool.key", "{{ include "veritrace.spoolKeyDir" .root }}/spool.key"]
+  securityContext:
+    {{- toYaml .root.Values.securityContext | nindent 4 }}
+  resources:
+    requests: {cpu: 10m, memory: 16Mi}
+    limits: {memory: 64Mi}
+  volumeMounts:
+    - name: spool-key-secret
+      mountPath: /run/veritrace/spool-key-secret
+      readOnly: true
+    - name: spool-key
+      mountPath: {{ include "veritrace.spoolKeyDir" .root }}
+{{- end -}}
+
+{{- define "veritrace.spoolKeyVolumes" -}}
+- name: spool-key-secret
+  secret:
+    secretName: {{ include "veritrace.secretName" . }}
+    defaultMode: 0400
+    items:
+      - key: spool.key
+        path: spool.key
+        mode: 0400
+- name: spool-key
+  emptyDir:
+    medium: Memory
+    sizeLimit: 1Mi
+{{- end -}}
+
+{{- define "veritrace.spoolKeyMounts" -}}
+- name: spool-key
+  mountPath: {{ include "veritrace.spoolKeyDir" . }}
+  readOnly: true
+{{- end -}}
+
 {{/* The ledger's signing key and verifier key, laid out as audit/signing.py expects under $VERITRACE_HOME/keys. */}}
 {{- define "veritrace.keysVolume" -}}
 - name: ledger-keys
