@@ -15,6 +15,7 @@ from cds.client_auth.authenticate import authenticate
 from cds.feedback import FeedbackRequest, RecordedFeedback, record_feedback
 from cds.hook_audit import actor_for, patient_ref_for
 from cds.hook_pipeline import validation_message
+from cds.openapi_body import inline_body_schema
 from cds.operation_outcome import CdsError, OperationOutcome
 from cds.runtime import CdsRuntime
 
@@ -28,11 +29,7 @@ router = APIRouter(tags=["feedback"])
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {
-                "application/json": {
-                    "schema": FeedbackRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-                }
-            },
+            "content": {"application/json": {"schema": inline_body_schema(FeedbackRequest)}},
         }
     },
 )

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from cds.cards import CdsResponse
 from cds.hook_pipeline import call_service
 from cds.hook_request import HookRequest
+from cds.openapi_body import inline_body_schema
 from cds.operation_outcome import OperationOutcome
 
 router = APIRouter(tags=["services"])
@@ -32,11 +33,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {
-                "application/json": {
-                    "schema": HookRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-                }
-            },
+            "content": {"application/json": {"schema": inline_body_schema(HookRequest)}},
         }
     },
 )
