@@ -59,7 +59,7 @@ def build_verifier(
         issuers = TrustedIssuers.load(issuers_file)
     return ClientTokenVerifier(
         issuers,
-        JwksCache(http),
+        JwksCache(http, min_refetch_s=settings.cds_jwks_min_refetch_s),
         JtiReplayCache(session_factory),
         leeway_s=settings.cds_jwt_leeway_s,
         max_age_s=settings.cds_jwt_max_age_s,

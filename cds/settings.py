@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     cds_require_jwt: bool = True
     cds_jwt_leeway_s: float = 30.0
     cds_jwt_max_age_s: float = 300.0
+    # An unknown kid re-fetches the issuer's jku at most this often (rotation vs. made-up key ids).
+    cds_jwks_min_refetch_s: float = 10.0
     cds_prefetch_timeout_s: float = 2.0
     cors_origins: list[str] = Field(default_factory=list)
     # Compliance review (/review): the hospital IdP (OIDC, code + PKCE) and/or local accounts.
