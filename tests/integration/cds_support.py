@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -152,6 +157,32 @@ class JwksServer:
         finally:
             self._server.shutdown()
             self._server.server_close()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _claims(aud: str, jti: str) -> dict[str, Any]:
+    now = int(time.time())
+    return {"iss": ISSUER, "aud": aud, "iat": now, "exp": now + 300, "jti": jti}
+
+
+def alg_none_token(signer: EhrTokenSigner, aud: str, jti: str = "n1") -> str:
+    """An unsigned token (``alg: none``) naming ``signer``'s key: the verifier must refuse it."""
+    header = {"alg": "none", "typ": "JWT", "kid": signer.kid}
+    return f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(_claims(aud, jti)).encode())}."
+
+
+def hs256_public_key_token(signer: EhrTokenSigner, aud: str, jti: str = "h1") -> str:
+    """HS256 with ``signer``'s public key (PEM) as the HMAC secret, the classic algorithm confusion."""
+    public_pem = signer.key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT", "kid": signer.kid}).encode())
+    payload = _b64url(json.dumps(_claims(aud, jti)).encode())
+    mac = hmac.new(public_pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{_b64url(mac)}"
 
 
 def hook_body(

@@ -15,8 +15,17 @@ from typing import Any
 
 import jwt
 import pytest
-from cds_support import ISSUER, PUBLIC_BASE, JwksServer, Store, hook_body, make_store, settings_for
-from cryptography.hazmat.primitives import serialization
+from cds_support import (
+    ISSUER,
+    PUBLIC_BASE,
+    JwksServer,
+    Store,
+    alg_none_token,
+    hook_body,
+    hs256_public_key_token,
+    make_store,
+    settings_for,
+)
 from fastapi.testclient import TestClient
 
 from cds.app import create_app
@@ -172,27 +181,14 @@ def test_unknown_kid_never_published(tmp_path: Path, store: Store, jwks_server: 
 
 def test_alg_none_is_refused(tmp_path: Path, store: Store) -> None:
     signer = EhrTokenSigner.generate(ISSUER, alg="ES384")
-    claims = {"iss": ISSUER, "aud": AUD, "iat": int(time.time()), "exp": int(time.time()) + 300, "jti": "n1"}
-    token = f"{_b64({'alg': 'none', 'typ': 'JWT', 'kid': signer.kid})}.{_b64(claims)}."
     with _client(tmp_path, store, {ISSUER: {"jwks": signer.jwks()}}) as client:
-        _assert_refused(_post(client, token), 401, "'none' is refused")
+        _assert_refused(_post(client, alg_none_token(signer, AUD)), 401, "'none' is refused")
 
 
 def test_hs256_with_the_public_key_as_secret_is_refused(tmp_path: Path, store: Store) -> None:
     signer = EhrTokenSigner.generate(ISSUER, alg="RS384")
-    public_pem = signer.key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    claims = {"iss": ISSUER, "aud": AUD, "iat": int(time.time()), "exp": int(time.time()) + 300, "jti": "h1"}
-    header = _b64({"alg": "HS256", "typ": "JWT", "kid": signer.kid})
-    payload = _b64(claims)
-    import hashlib
-    import hmac
-
-    mac = hmac.new(public_pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
-    token = f"{header}.{payload}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
     with _client(tmp_path, store, {ISSUER: {"jwks": signer.jwks()}}) as client:
-        _assert_refused(_post(client, token), 401, "'HS256' is refused")
+        _assert_refused(_post(client, hs256_public_key_token(signer, AUD)), 401, "'HS256' is refused")
 
 
 def test_key_of_another_family_than_alg_is_refused(tmp_path: Path, store: Store) -> None:
