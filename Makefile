@@ -13,7 +13,14 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The stand-in EHR (Node) lets the demo's card link open the viewer through a SMART launch; without
+# Node the demo still runs and prints a plain link.
+SMART_EHR_MODULES := deploy/smart-ehr/node_modules/.package-lock.json
+
+$(SMART_EHR_MODULES): deploy/smart-ehr/package-lock.json
+	-command -v npm >/dev/null 2>&1 && cd deploy/smart-ehr && npm ci --no-audit --no-fund --silent
+
+demo: $(STAMP) $(SMART_EHR_MODULES)
 	$(VENV)/bin/veritrace demo
 
 serve: $(STAMP)
