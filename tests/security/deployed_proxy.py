@@ -12,8 +12,6 @@ different proxy. A small main configuration includes the templated file, as the 
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import re
 import signal
 import ssl
@@ -25,10 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from tests.tls_support import self_signed_certificate
 
 DEPLOYED_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "proxy" / "nginx.conf"
 
@@ -63,36 +59,6 @@ def templated_config(
     return _replace_once(text, "/var/log/nginx/access.log", str(access_log))
 
 
-def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 that is its own CA (the client trusts exactly it)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "veritrace-proxy-test")])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "tls.crt", folder / "tls.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
-
-
 @dataclass(frozen=True)
 class RunningProxy:
     public_url: str
@@ -110,7 +76,9 @@ def running_proxy(
 ) -> Iterator[RunningProxy]:
     """nginx in the foreground with the templated deployed config; stopped (SIGQUIT, graceful) after."""
     folder.mkdir(parents=True, exist_ok=True)
-    cert, key = self_signed_certificate(folder)
+    cert, key = self_signed_certificate(
+        folder, common_name="veritrace-proxy-test", cert_name="tls.crt", key_name="tls.key"
+    )
     access_log = folder / "access.log"
     (folder / "veritrace.conf").write_text(
         templated_config(
