@@ -94,9 +94,16 @@ def test_stow_request_trace_reaches_the_worker_and_its_fhir_calls(
     assert stored.status_code == 200, stored.text
 
     def finished() -> list[dict[str, Any]]:
+        # Each process batches its spans, so one file can be written before another: wait until the
+        # task spans' parents (the publish spans) have arrived too, not just the task spans.
         spans = _spans(deployment.home)
         names = {span["name"] for span in spans}
-        done = {f"run {ANALYSE_TASK}", f"run {WRITEBACK_TASK}", "POST /dicomweb/studies"} <= names
+        ids = {span["span_id"] for span in spans}
+        tasks = [span for span in spans if span["name"] in {f"run {ANALYSE_TASK}", f"run {WRITEBACK_TASK}"}]
+        done = (
+            {f"run {ANALYSE_TASK}", f"run {WRITEBACK_TASK}", "POST /dicomweb/studies"} <= names
+            and all(span["parent_span_id"] in ids for span in tasks)
+        )
         return spans if done else []
 
     spans = wait_until(finished, timeout_s=240, what="the request, analysis and write-back spans")
