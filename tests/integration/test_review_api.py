@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from audit.review import ROLE_PERMISSIONS, Permission, ReviewConfig, Role
+from audit.review import ReviewConfig
 from audit.review.csv_export import analyses_csv
 from audit.review.model_card import KNOWN_ATTRIBUTES
 from audit.review.source import AnalysisFilters, PageRequest
@@ -31,8 +31,6 @@ from tests.integration.review_seed import (
     seed,
     write_local_users,
 )
-
-USER_FOR_ROLE = {Role.COMPLIANCE_OFFICER: "officer", Role.RADIOLOGIST: "radiologist", Role.ADMIN: "admin"}
 
 
 @pytest.fixture(scope="module")
@@ -77,89 +75,8 @@ def ledger_kinds(store: SeededStore, kind: str) -> list[sa.Row]:
         )
 
 
-# ------------------------------------------------------------------------------ role x endpoint matrix
-
-ENDPOINTS: list[tuple[str, str, Permission]] = [
-    ("GET", "/review/api/analyses", Permission.VIEW_TRACES),
-    ("POST", "/review/api/analyses/search", Permission.VIEW_TRACES),
-    ("GET", "/review/api/traces/{id}", Permission.VIEW_TRACES),
-    ("GET", "/review/api/hook-calls", Permission.VIEW_HOOK_CALLS),
-    ("POST", "/review/api/hook-calls/search", Permission.VIEW_HOOK_CALLS),
-    ("GET", "/review/api/dashboard", Permission.VIEW_DASHBOARDS),
-    ("GET", "/review/api/model-card", Permission.VIEW_MODEL_CARD),
-    ("GET", "/review/api/ledger/checkpoint", Permission.VIEW_LEDGER),
-    ("GET", "/review/api/ledger/entries/0", Permission.VIEW_LEDGER),
-    ("POST", "/review/api/ledger/verify", Permission.VERIFY_LEDGER),
-    ("GET", "/review/api/analyses/export.csv", Permission.EXPORT),
-    ("GET", "/review/api/traces/{id}/export.fhir.json", Permission.EXPORT),
-    ("GET", "/review/api/traces/{id}/export.pdf", Permission.EXPORT),
-]
-PAGES: list[tuple[str, Permission]] = [
-    ("/review/analyses", Permission.VIEW_TRACES),
-    ("/review/traces/{id}", Permission.VIEW_TRACES),
-    ("/review/hook-calls", Permission.VIEW_HOOK_CALLS),
-    ("/review/dashboards", Permission.VIEW_DASHBOARDS),
-    ("/review/model-card", Permission.VIEW_MODEL_CARD),
-    ("/review/ledger", Permission.VIEW_LEDGER),
-]
-
-
-def test_every_permission_is_exercised() -> None:
-    assert {p for _m, _u, p in ENDPOINTS} == set(Permission)
-
-
-def _call(client: TestClient, method: str, url: str, csrf: str | None) -> int:
-    headers = {"X-CSRF-Token": csrf} if csrf else {}
-    if method == "POST":
-        return client.post(url, json={}, headers=headers).status_code
-    return client.get(url).status_code
-
-
-@pytest.mark.parametrize(
-    ("method", "path", "permission"), ENDPOINTS, ids=[f"{m} {p}" for m, p, _ in ENDPOINTS]
-)
-def test_api_refuses_anonymous_with_401(
-    app_client: TestClient, seeded: tuple[SeededStore, Path], method: str, path: str, permission: Permission
-) -> None:
-    url = path.format(id=seeded[0].analyses["overridden"])
-    anonymous = TestClient(app_client.app)
-    assert _call(anonymous, method, url, None) == 401
-
-
-@pytest.mark.parametrize("role", list(Role))
-@pytest.mark.parametrize(
-    ("method", "path", "permission"), ENDPOINTS, ids=[f"{m} {p}" for m, p, _ in ENDPOINTS]
-)
-def test_api_role_matrix(
-    app_client: TestClient,
-    seeded: tuple[SeededStore, Path],
-    role: Role,
-    method: str,
-    path: str,
-    permission: Permission,
-) -> None:
-    client = sign_in(app_client, USER_FOR_ROLE[role])
-    url = path.format(id=seeded[0].analyses["overridden"])
-    status = _call(client, method, url, csrf_of(client))
-    allowed = role in ROLE_PERMISSIONS[permission]
-    assert status == ((202 if method == "POST" and "verify" in path else 200) if allowed else 403)
-
-
-@pytest.mark.parametrize("role", list(Role))
-@pytest.mark.parametrize(("path", "permission"), PAGES, ids=[p for p, _ in PAGES])
-def test_page_role_matrix(
-    app_client: TestClient, seeded: tuple[SeededStore, Path], role: Role, path: str, permission: Permission
-) -> None:
-    url = path.format(id=seeded[0].analyses["overridden"])
-    anonymous = TestClient(app_client.app).get(url, follow_redirects=False)
-    assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/review/login?next=")
-    response = sign_in(app_client, USER_FOR_ROLE[role]).get(url)
-    if role in ROLE_PERMISSIONS[permission]:
-        assert response.status_code == 200
-        assert "Not allowed" not in response.text
-    else:
-        assert response.status_code == 403
-        assert "Not allowed" in response.text
+# The role x route matrix lives in tests/security/test_review_authorization.py, enumerated from the
+# mounted app; this file keeps the behaviour of each route.
 
 
 def test_user_without_a_review_role_cannot_sign_in(app_client: TestClient) -> None:
