@@ -78,6 +78,8 @@ def worker(
     components = _components("veritrace-worker")
     components.prepare_storage()
     components.install_worker_runtime()
+    # Read back in each pool child (model CPU threads are shared out among the children).
+    components.celery.conf.worker_concurrency = concurrency
     components.celery.worker_main(
         [
             "worker",

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     model_path: Path | None = None
     # Cap on tokens of one generated report; None keeps the runtime's default (room for a whole report).
     model_max_new_tokens: int | None = None
+    # torch CPU threads per worker child; None: the cores shared among the pool's children. Set 1 where the
+    # worker shares a small box with the api and dicom processes (see model/cpu_threads.py).
+    model_cpu_threads: int | None = None
     # Let the agent rank rare diseases from HPO phenotypes (loads the HPO ontology once per worker).
     agent_knowledge_tools: bool = True
     # Structured JSON logs (patient data filtered out) and OpenTelemetry spans to a file.
@@ -204,9 +207,10 @@ class Settings(BaseSettings):
         return FhirConfig(base_url=self.fhir_base_url, timeout_s=self.fhir_timeout_s, smart=smart)
 
     def model_settings(self) -> ModelConfig:
-        if self.model_max_new_tokens is None:
-            return ModelConfig(path=self.resolved_model_path)
-        return ModelConfig(path=self.resolved_model_path, max_new_tokens=self.model_max_new_tokens)
+        fields: dict[str, object] = {"path": self.resolved_model_path, "cpu_threads": self.model_cpu_threads}
+        if self.model_max_new_tokens is not None:  # unset keeps ModelConfig's default
+            fields["max_new_tokens"] = self.model_max_new_tokens
+        return ModelConfig.model_validate(fields)
 
     def ledger_config(self) -> LedgerConfig:
         home = self.resolved_home

@@ -22,3 +22,5 @@ class ModelConfig(BaseModel):
     # at the closing brace, so the cap costs nothing when the report is shorter.
     max_new_tokens: int = Field(default=4096, ge=1, le=8192)
     max_images: int = Field(default=4, ge=1, le=64)
+    # torch's intra-op CPU threads per worker process; None shares the cores among the pool's children.
+    cpu_threads: int | None = Field(default=None, ge=1, le=1024)

@@ -55,6 +55,9 @@ def on_pool_child_start(**_: Any) -> None:
     runtime.engine.dispose(close=False)
     if GPU_QUEUE not in consumed_queues(current_app):
         return
+    from model.cpu_threads import apply_cpu_threads
+
+    threads = apply_cpu_threads(runtime.model.cpu_threads, int(current_app.conf.worker_concurrency or 1))
     try:
         identity = runtime.vlm().identity
     except Exception:
@@ -63,7 +66,13 @@ def on_pool_child_start(**_: Any) -> None:
         log.exception("the model could not be loaded; stopping the worker")
         os.kill(os.getppid(), signal.SIGTERM)
         raise
-    log.info("model loaded: %s (%s, %s)", identity.architecture, identity.dtype, identity.attention)
+    log.info(
+        "model loaded: %s (%s, %s, %d CPU threads)",
+        identity.architecture,
+        identity.dtype,
+        identity.attention,
+        threads,
+    )
 
 
 def running_tasks(app: Celery) -> list[dict[str, Any]]:

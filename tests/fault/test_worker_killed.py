@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from cds.demo_study import build_demo_ct_study
 from integrations.store.models import Analysis
+from model.cpu_threads import available_cores
 from tests.fault.harness import Deployment, storescu, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -50,6 +51,8 @@ def test_killed_worker_analysis_completes_once(deployment: Deployment) -> None:
     assert (status, attempts) == ("running", 1), "the analysis finished before the kill; test proves nothing"
     assert deployment.report_count() == 0
 
+    # The replacement is told to use one CPU thread for the model (a worker sharing a small box).
+    deployment.env["VERITRACE_MODEL_CPU_THREADS"] = "1"
     deployment.spawn("worker-2", "worker", "-Q", "gpu,io")
     wait_until(
         lambda: (_status(deployment) or ("", 0))[0] == "completed",
@@ -65,3 +68,6 @@ def test_killed_worker_analysis_completes_once(deployment: Deployment) -> None:
     assert kinds.count("report.drafted") == 1
     assert kinds.count("analysis.completed") == 1
     assert deployment.ledger().verify().ok
+    # worker-1 (one pool child, nothing configured) used every core; worker-2 the one thread it was given.
+    assert f"{available_cores()} CPU threads" in deployment.log_tail("worker-1", chars=200_000)
+    assert "1 CPU threads" in deployment.log_tail("worker-2", chars=200_000)
