@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -18,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit import Ledger, LedgerConfig
 from audit.keys import ensure_signing_key
-from audit.review import ReviewConfig, build_review_router, hash_password
+from audit.review import ReviewConfig, Role, build_review_router, hash_password
 from integrations.analysis.pipeline import report_body
 from integrations.dicom.spool import Spool
 from integrations.store.config import StoreConfig
@@ -328,3 +330,22 @@ def review_app(store: SeededStore, config: ReviewConfig) -> FastAPI:
     source = SqlTraceSource(store.session_factory, Spool(store.spool_dir))
     app.include_router(build_review_router(source, store.ledger, config))
     return app
+
+
+USER_FOR_ROLE = {Role.COMPLIANCE_OFFICER: "officer", Role.RADIOLOGIST: "radiologist", Role.ADMIN: "admin"}
+
+
+def sign_in(app: Any, role: Role) -> tuple[TestClient, str]:
+    """A client with its own cookie jar, signed in through the local form; and its session's CSRF token."""
+    client = TestClient(app)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/review/login").text)
+    assert token is not None
+    response = client.post(
+        "/review/login/local",
+        data={"username": USER_FOR_ROLE[role], "password": PASSWORD, "csrf_token": token.group(1)},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303 and "error" not in response.headers["location"]
+    csrf = re.search(r'data-csrf="([^"]+)"', client.get("/review/model-card").text)
+    assert csrf is not None
+    return client, csrf.group(1)

@@ -55,16 +55,9 @@ from tests.integration.cds_support import (
     searchset,
     seed_report,
 )
-from tests.integration.review_seed import write_local_users
+from tests.integration.review_seed import sign_in, write_local_users
+from tests.security.app_surface import AUDIT_TOKEN, STOW_TOKEN, VIEWER_ISS, route_table, table_counts
 from tests.security.deployed_proxy import running_proxy
-from tests.security.test_injection_probes import (
-    AUDIT_TOKEN,
-    STOW_TOKEN,
-    VIEWER_ISS,
-    _table_counts,
-    route_table,
-)
-from tests.security.test_review_authorization import sign_in
 
 pytestmark = pytest.mark.postgres
 
@@ -278,7 +271,7 @@ class Snapshot:
 
 
 def snapshot(site: ApiSite) -> Snapshot:
-    return Snapshot(_table_counts(site.store), site.store.ledger.size())
+    return Snapshot(table_counts(site.store.engine), site.store.ledger.size())
 
 
 def assert_refused(site: ApiSite, path: str, response: Response, status: int, before: Snapshot) -> None:

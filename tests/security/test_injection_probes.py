@@ -28,9 +28,8 @@ from urllib.parse import quote
 
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from sqlalchemy import inspect, text
 from starlette.routing import Route
 
 from audit.review.auth_routes import LOGIN_CSRF_COOKIE, OIDC_STATE_COOKIE
@@ -41,6 +40,7 @@ from cds.viewer.sealed_secrets import SecretSealer
 from integrations.dicom.spool import Spool
 from tests.integration.cds_support import PUBLIC_BASE, Store, build_app, make_store, seed_report
 from tests.integration.review_seed import PASSWORD, write_local_users
+from tests.security.app_surface import AUDIT_TOKEN, STOW_TOKEN, VIEWER_ISS, route_table, table_counts
 
 pytestmark = pytest.mark.postgres
 
@@ -64,10 +64,6 @@ APPEND_ONLY = {"audit_entries", "audit_nodes", "audit_payloads", "cds_seen_jti"}
 # What valid calls with one probed input write by design: a hook call's cards, a clinician's feedback
 # (the probe is then stored as text, as a comment would be).
 WRITTEN_BY_DESIGN = APPEND_ONLY | {"cards", "feedback"}
-AUDIT_TOKEN = "audit-" + secrets.token_hex(8)
-STOW_TOKEN = "stow-" + secrets.token_hex(8)
-# The viewer's EHR: a closed local port, so every call the viewer makes to it fails at once (502).
-VIEWER_ISS = "http://127.0.0.1:9/fhir"
 # The viewer answers 502 when the EHR cannot be reached: an upstream failure, not an internal one.
 UPSTREAM_ROUTES = {"/viewer/launch", "/viewer/reports/{report_id}", "/viewer/standalone", "/viewer/callback",
                    "/viewer/api/evidence/{citation_id}"}  # fmt: skip
@@ -251,16 +247,6 @@ def site(tmp_path: Path, postgres_url: str) -> Iterator[Site]:
     store.engine.dispose()
 
 
-def route_table(app: FastAPI) -> dict[tuple[str, str], APIRoute | Route]:
-    found: dict[tuple[str, str], APIRoute | Route] = {}
-    for context in iter_route_contexts(app.routes):
-        route = context.original_route
-        if isinstance(route, APIRoute | Route) and context.path:
-            for method in (context.methods or set()) - {"HEAD"}:
-                found[(method, context.path)] = route
-    return found
-
-
 def _resolve(schema: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     """Follow `$ref` (into the document's components) and `anyOf` (its first non-null option)."""
     while "$ref" in schema:
@@ -416,15 +402,6 @@ def send(client: TestClient, site: Site, method: str, path: str, slots: list[Slo
     return client.request(method, url, params=query, headers=headers, json=body, follow_redirects=False)
 
 
-def _table_counts(store: Store) -> dict[str, int]:
-    with store.engine.connect() as connection:
-        names = inspect(connection).get_table_names()
-        return {
-            name: int(connection.execute(text(f'SELECT count(*) FROM "{name}"')).scalar_one())
-            for name in names
-        }
-
-
 def test_every_input_of_every_route_resists_injection_and_traversal(site: Site) -> None:
     app, spec = site.app, site.app.openapi()
     routes = route_table(app)
@@ -435,7 +412,7 @@ def test_every_input_of_every_route_resists_injection_and_traversal(site: Site) 
     documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
     assert documented <= set(routes)
     inputs = {key: declared_inputs(*key, route, spec) + hidden_inputs(*key) for key, route in routes.items()}
-    before = _table_counts(site.store)
+    before = table_counts(site.store.engine)
     sent = 0
     # Signing out ends the session the other review probes use: that route goes last.
     order = sorted(inputs, key=lambda key: (key == ("POST", "/review/logout"), key))
@@ -481,7 +458,7 @@ def test_every_input_of_every_route_resists_injection_and_traversal(site: Site) 
                 assert not LEAKS.search(response.text)
     slots_total = sum(len(slots) for slots in inputs.values())
     assert sent == slots_total * len(SQL_PROBES + PATH_PROBES) and slots_total > 100
-    after = _table_counts(site.store)
+    after = table_counts(site.store.engine)
     assert set(after) == set(before), "a table appeared or disappeared"
     # No probe deleted anything; the one session that ended is the admin's, signed out by the last route.
     shrunk = {name: after[name] - before[name] for name in before if after[name] < before[name]}

@@ -11,7 +11,6 @@ sign-in through the local-users form (the seed of `tests/integration/review_seed
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,9 +21,15 @@ from fastapi.testclient import TestClient
 from httpx import Response
 
 from audit.review import ROLE_PERMISSIONS, Permission, ReviewConfig, Role
-from tests.integration.review_seed import PASSWORD, SeededStore, review_app, seed, write_local_users
+from tests.integration.review_seed import (
+    PASSWORD,
+    SeededStore,
+    review_app,
+    seed,
+    sign_in,
+    write_local_users,
+)
 
-USER_FOR_ROLE = {Role.COMPLIANCE_OFFICER: "officer", Role.RADIOLOGIST: "radiologist", Role.ADMIN: "admin"}
 ROLES: list[Role | None] = [None, *Role]  # None: no session
 
 
@@ -83,22 +88,6 @@ class ReviewSite:
     clients: dict[Role | None, TestClient]
     csrf: dict[Role | None, str]
     job_id: str
-
-
-def sign_in(app: Any, role: Role) -> tuple[TestClient, str]:
-    """A client with its own cookie jar, signed in through the local form; and its session's CSRF token."""
-    client = TestClient(app)
-    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/review/login").text)
-    assert token is not None
-    response = client.post(
-        "/review/login/local",
-        data={"username": USER_FOR_ROLE[role], "password": PASSWORD, "csrf_token": token.group(1)},
-        follow_redirects=False,
-    )
-    assert response.status_code == 303 and "error" not in response.headers["location"]
-    csrf = re.search(r'data-csrf="([^"]+)"', client.get("/review/model-card").text)
-    assert csrf is not None
-    return client, csrf.group(1)
 
 
 @pytest.fixture(scope="module")
