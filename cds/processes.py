@@ -68,6 +68,7 @@ def dicom_gateway(components: Components) -> Iterator[None]:
         components.enqueue_analysis,
         stable_age_by_calling_aet=config.stable_age_by_calling_aet,
         routing=config.routing,
+        held_studies=scp.indexer.held_studies,
     )
     tracker.requeue_pending()
     stop = threading.Event()

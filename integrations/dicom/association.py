@@ -147,7 +147,8 @@ class StoreAssociation:
             self._pending.incoming.discard()
         self._pending = None
         try:
-            self.batcher.flush(self)
+            # Receipts follow the index commits: written once the association's last instance is indexed.
+            self.receiver.indexer.association_ended(self)
         finally:
             try:
                 self.sock.close()
@@ -270,6 +271,10 @@ class StoreAssociation:
         if not self.receiver.spool.has_room():
             LOG.warning("spool below free-space watermark; refusing an instance from %s", self.calling_ae)
             self._pending = _PendingStore(command, context_id, None, STATUS_OUT_OF_RESOURCES)
+            return
+        refusal = self.receiver.indexer.refusal()
+        if refusal is not None:  # index down or queue full: read the data set off the wire, write nothing
+            self._pending = _PendingStore(command, context_id, None, refusal)
             return
         pending = _PendingStore(command, context_id, None)
         self._pending = pending

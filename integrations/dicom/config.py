@@ -80,6 +80,10 @@ class DicomConfig(BaseModel):
     tls_ca_file: Path | None = None
     # Where our draft SR goes; None disables SR export.
     sr_destination: SrDestination | None = None
+    # Instances acknowledged but not yet indexed, at most; beyond it new ones are refused with 0xA700.
+    intake_queue_capacity: int = 1000
+    # Index rows committed per transaction by the indexer thread, at most.
+    intake_batch_max: int = 200
     # One ledger entry per association and study, flushed at the latest after this many instances.
     ledger_batch_size: int = 256
     # Encrypt spooled files at rest with the key in this file (`veritrace spool create-key`); None: off.

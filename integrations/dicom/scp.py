@@ -8,6 +8,10 @@ test peer.
 Association policy: the host allow-list closes the TCP connection before any PDU is read; the called AE
 check, calling AE allow-list and association limit answer with A-ASSOCIATE-RJ. TCP_NODELAY is set on
 every accepted socket; TLS (optionally mutual) wraps it before the first PDU.
+
+Start-up order: sweep interrupted spool writes, replay the intake journals of dead dicom processes
+(`intake_replay`), start the indexer thread, then listen. Shutdown: stop listening, abort open
+associations, let the indexer commit what was acknowledged, then write the pending receipts.
 """
 
 from __future__ import annotations
@@ -18,11 +22,15 @@ import ssl
 import threading
 from collections.abc import Callable
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from integrations.dicom.association import StoreAssociation
 from integrations.dicom.audit_port import AuditLedger
+from integrations.dicom.batched_indexer import BatchedIndexer, IndexWriter
 from integrations.dicom.config import DicomConfig
+from integrations.dicom.intake_journal import JOURNAL_DIR, IntakeJournal
+from integrations.dicom.intake_replay import replay_orphaned_journals
 from integrations.dicom.receipts import ReceiptBatcher
 from integrations.dicom.receive import InstanceReceiver
 from integrations.dicom.spool import Spool, open_spool
@@ -44,6 +52,12 @@ def build_ssl_context(config: DicomConfig) -> ssl.SSLContext | None:
     return context
 
 
+def engine_of(session_factory: Callable[[], Session]) -> Engine:
+    with session_factory() as session:
+        bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
 class StorageScp:
     """`start()` returns at once; associations are served on their own threads until `stop()`."""
 
@@ -60,7 +74,15 @@ class StorageScp:
         self.batcher = ReceiptBatcher(
             ledger, actor=f"dicom-scp:{config.ae_title}", batch_size=config.ledger_batch_size
         )
-        self.receiver = InstanceReceiver(self.spool, session_factory, self.batcher)
+        self.writer = IndexWriter(engine_of(session_factory))
+        self.indexer = BatchedIndexer(
+            self.writer,
+            self.batcher,
+            IntakeJournal(self.spool.root / JOURNAL_DIR, fsync=self.spool.fsync),
+            capacity=config.intake_queue_capacity,
+            batch_max=config.intake_batch_max,
+        )
+        self.receiver = InstanceReceiver(self.spool, self.indexer)
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._ssl_context: ssl.SSLContext | None = None
@@ -85,6 +107,10 @@ class StorageScp:
         swept = self.spool.sweep_tmp()
         if swept:
             LOG.info("removed %d interrupted spool writes", swept)
+        replay_orphaned_journals(
+            self.spool, self.writer, self.batcher, batch_max=self.config.intake_batch_max
+        )
+        self.indexer.start()
         self._ssl_context = build_ssl_context(self.config)
         listener = socket.create_server((self.config.host, self.config.port), backlog=64, reuse_port=False)
         listener.settimeout(0.5)
@@ -142,7 +168,7 @@ class StorageScp:
             self._active.discard(association)
 
     def stop(self) -> None:
-        """Stop accepting, abort open associations, then write any receipts still pending."""
+        """Stop accepting, abort open associations, index what was acknowledged, write pending receipts."""
         listener, self._listener = self._listener, None
         if listener is None:
             return
@@ -154,4 +180,5 @@ class StorageScp:
             active = list(self._active)
         for association in active:
             association.abort()
+        self.indexer.stop()
         self.batcher.flush_all()

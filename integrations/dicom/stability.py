@@ -5,6 +5,12 @@ restarted process resumes half-assembled studies where they were, and two tracke
 settle the same study: the settle is an optimistic UPDATE on (state, instance_count) that only one wins.
 The analysis row is committed before `enqueue` is called, and `requeue_pending` re-sends analyses still
 "queued" after a crash between the two; the task is idempotent, so a double enqueue is harmless.
+
+The SCP acknowledges an instance before its index row is committed (`batched_indexer`), and the quiet
+period counts from the commit. `held_studies` names the studies this process has acknowledged instances
+of that are not committed yet (a database outage can hold them for longer than `stable_age`): those are
+not settled until their rows are in. A late commit of a study settled elsewhere reopens it, as any late
+instance does.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class StableStudyTracker:
         *,
         stable_age_by_calling_aet: dict[str, float] | None = None,
         routing: RoutingRules | None = None,
+        held_studies: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         if stable_age_s < 0:
             raise ValueError(f"stable_age_s must be >= 0, got {stable_age_s}")
@@ -56,6 +63,7 @@ class StableStudyTracker:
         self._by_aet = dict(stable_age_by_calling_aet or {})
         self._enqueue = enqueue
         self._routing = routing or RoutingRules()
+        self._held_studies = held_studies or frozenset
 
     def _age_for(self, calling_ae: str | None) -> float:
         if calling_ae is not None and calling_ae in self._by_aet:
@@ -68,13 +76,18 @@ class StableStudyTracker:
         shortest = min([self._stable_age_s, *self._by_aet.values()])
         with self._session_factory() as session:
             candidates = session.execute(
-                select(Study.id, Study.calling_ae, Study.last_received_at, Study.instance_count).where(
+                select(
+                    Study.id, Study.study_uid, Study.calling_ae, Study.last_received_at, Study.instance_count
+                ).where(
                     Study.state == STUDY_RECEIVING,
                     Study.last_received_at <= now - timedelta(seconds=shortest),
                 )
             ).all()
         queued: list[str] = []
-        for study_id, calling_ae, last_received_at, instance_count in candidates:
+        held = self._held_studies() if candidates else frozenset()
+        for study_id, study_uid, calling_ae, last_received_at, instance_count in candidates:
+            if study_uid in held:
+                continue
             if now - _aware(last_received_at) < timedelta(seconds=self._age_for(calling_ae)):
                 continue
             analysis_id = self._settle(study_id, instance_count)
