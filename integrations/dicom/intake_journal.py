@@ -179,6 +179,10 @@ class OrphanedJournal:
     def pending(self) -> list[JournalEntry]:
         return pending_entries(self.path)
 
+    def mark_done(self, seqs: list[int]) -> None:
+        if seqs:
+            _write_all(self.fd, json.dumps({"done": seqs}).encode() + b"\n")
+
     def release(self, *, delete: bool) -> None:
         if delete:
             self.path.unlink(missing_ok=True)
@@ -192,7 +196,7 @@ def claim_orphans(directory: Path) -> Iterator[OrphanedJournal]:
         return
     for path in sorted(directory.glob(f"intake-*{_SUFFIX}")):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except FileNotFoundError:  # its owner finished with it a moment ago
             continue
         try:

@@ -65,54 +65,65 @@ def _replay_one(
 ) -> tuple[int, bool]:
     key = object()
     entries = orphan.pending()
-    items = [item for entry in entries if (item := _pending_for(spool, entry, key)) is not None]
-    complete = len(items) == len(entries)
-    for start in range(0, len(items), batch_max):
-        chunk = items[start : start + batch_max]
-        if not _commit_retrying(writer, batcher, chunk, backoff_max_s, stop):
-            complete = False
+    pairs = [(entry, item) for entry in entries if (item := _pending_for(spool, entry, key)) is not None]
+    complete = len(pairs) == len(entries)
+    replayed = 0
+    for start in range(0, len(pairs), batch_max):
+        chunk = pairs[start : start + batch_max]
+        committed = _commit_chunk(writer, batcher, [item for _, item in chunk], backoff_max_s, stop)
+        # Marked in the orphan too: should a line stay behind, the next start replays only that one.
+        orphan.mark_done([chunk[position][0].seq for position in committed])
+        replayed += len(committed)
+        complete = complete and len(committed) == len(chunk)
     batcher.flush(key)
     if entries:
-        LOG.info("replayed %d acknowledged instances from intake journal %s", len(items), orphan.path.name)
-    return len(items), complete
+        LOG.info("replayed %d acknowledged instances from intake journal %s", replayed, orphan.path.name)
+    return replayed, complete
 
 
-def _commit_retrying(
+def _commit_chunk(
     writer: IndexWriter,
     batcher: ReceiptBatcher,
     chunk: list[PendingInstance],
     backoff_max_s: float,
     stop: threading.Event | None,
+) -> list[int]:
+    """Commit a chunk, waiting out outages; returns the positions committed (a row the database
+    refuses for its values is isolated by committing one row at a time, and stays journaled)."""
+    if _commit_waiting(writer, batcher, chunk, backoff_max_s, stop):
+        return list(range(len(chunk)))
+    if len(chunk) == 1:
+        return []
+    return [
+        position
+        for position, item in enumerate(chunk)
+        if _commit_waiting(writer, batcher, [item], backoff_max_s, stop)
+    ]
+
+
+def _commit_waiting(
+    writer: IndexWriter,
+    batcher: ReceiptBatcher,
+    items: list[PendingInstance],
+    backoff_max_s: float,
+    stop: threading.Event | None,
 ) -> bool:
-    """Commit a chunk, waiting out outages; False when some row was refused (it stays journaled)."""
     wait: Callable[[float], bool] = stop.wait if stop is not None else threading.Event().wait
     delay = 0.1
-    pending = chunk
-    all_committed = True
-    while pending:
+    while True:
         try:
-            recorded = writer.commit(pending)
+            recorded = writer.commit(items)
         except SQLAlchemyError as exc:
-            if is_outage(exc):
-                LOG.error("replay cannot reach the index (%s); retrying", type(exc).__name__)
-                if wait(delay):
-                    raise
-                delay = min(delay * 2, backoff_max_s)
-                continue
-            if len(pending) == 1:
-                LOG.error(
-                    "the index refused a journaled instance (%s); it stays journaled", type(exc).__name__
-                )
+            if not is_outage(exc):
+                LOG.error("the index refused a journaled instance (%s)", type(exc).__name__)
                 return False
-            # Isolate the refused row by committing one at a time.
-            for item in pending:
-                all_committed = (
-                    _commit_retrying(writer, batcher, [item], backoff_max_s, stop) and all_committed
-                )
-            return all_committed
-        hand_receipts(batcher, pending, recorded)
-        return all_committed
-    return all_committed
+            LOG.error("replay cannot reach the index (%s); retrying", type(exc).__name__)
+            if wait(delay):
+                raise
+            delay = min(delay * 2, backoff_max_s)
+            continue
+        hand_receipts(batcher, items, recorded)
+        return True
 
 
 def _pending_for(spool: Spool, entry: JournalEntry, key: object) -> PendingInstance | None:
