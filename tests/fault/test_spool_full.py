@@ -2,7 +2,8 @@
 
 Two ways the spool fills: the free-space watermark (the gateway refuses before writing, the normal case)
 and a filesystem that fills up mid-write (ENOSPC on the copy into the spool). Both run against a real,
-small tmpfs mounted for the test (root only; elsewhere the test says so and is skipped).
+small tmpfs mounted for the test (root only; elsewhere the test says so and is skipped). Index rows
+follow the acknowledgement on the SCP's indexer thread, so row counts are read once it is idle.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from integrations.dicom.scp import StorageScp
 from integrations.dicom.status import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
 from integrations.store.models import Instance
 from tests.conftest import free_port
-from tests.fault.harness import Deployment
+from tests.fault.harness import Deployment, wait_until
 from tests.integration.dicom_support import make_dicom_store
 
 
@@ -74,17 +75,20 @@ def test_filesystem_fills_mid_write(tmp_path: Path, small_spool: Path) -> None:
         statuses = _send(scp.port, paths)
         assert statuses[0] == STATUS_SUCCESS
         assert set(statuses[1:]) == {STATUS_OUT_OF_RESOURCES}
-        files = _spool_files(small_spool)
+        files = _spool_files(small_spool / "objects")
         assert len(files) == 1
         assert _intact(files[0]), "a partial file was left in the spool"
+        assert not _spool_files(small_spool / "tmp")
+        assert scp.indexer.wait_idle(30)
         with store.sessions() as session:
             assert session.scalar(select(func.count(Instance.id))) == 1
 
         _resize_tmpfs(small_spool, instance_size * len(paths) * 2)
         assert _send(scp.port, paths) == [STATUS_SUCCESS] * len(paths)
+        assert scp.indexer.wait_idle(30)
         with store.sessions() as session:
             assert session.scalar(select(func.count(Instance.id))) == len(paths)
-        files = _spool_files(small_spool)
+        files = _spool_files(small_spool / "objects")
         assert len(files) == len(paths) and all(_intact(path) for path in files)
     finally:
         scp.stop()
@@ -108,5 +112,9 @@ def test_watermark_refuses_before_writing(deployment: Deployment, small_spool: P
 
     _resize_tmpfs(small_spool, settings.dicom_config().min_free_bytes + 64 * 1024 * 1024)
     assert _send(settings.dicom_port, paths) == [STATUS_SUCCESS] * len(paths)
-    with deployment.session() as session:
-        assert session.scalar(select(func.count(Instance.id))) == len(paths)
+
+    def indexed() -> int:
+        with deployment.session() as session:
+            return int(session.scalar(select(func.count(Instance.id))) or 0)
+
+    wait_until(lambda: indexed() == len(paths), timeout_s=60, what="the acknowledged rows")

@@ -35,8 +35,10 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from sqlalchemy import func, select
 
 from integrations.dicom import pdu
+from integrations.dicom.batched_indexer import BatchedIndexer, IndexWriter
 from integrations.dicom.config import DicomConfig
 from integrations.dicom.file_meta import part10_header
+from integrations.dicom.intake_journal import JOURNAL_DIR, IntakeJournal
 from integrations.dicom.receipts import ReceiptBatcher
 from integrations.dicom.receive import InstanceReceiver
 from integrations.dicom.scp import StorageScp
@@ -139,10 +141,18 @@ def assert_index_consistent(store: DicomStore, spool: Spool) -> int:
     return len(instances)
 
 
+def start_indexer(spool: Spool, store: DicomStore, batcher: ReceiptBatcher) -> BatchedIndexer:
+    journal = IntakeJournal(spool.root / JOURNAL_DIR, fsync=False)
+    indexer = BatchedIndexer(IndexWriter(store.engine), batcher, journal)
+    indexer.start()
+    return indexer
+
+
 def test_receiver_answers_mutated_instances_with_a_store_status(tmp_path: Path, store: DicomStore) -> None:
     spool = Spool(tmp_path / "spool", min_free_bytes=0, fsync=False)
     batcher = ReceiptBatcher(store.ledger, actor="fuzz")
-    receiver = InstanceReceiver(spool, store.sessions, batcher)
+    indexer = start_indexer(spool, store, batcher)
+    receiver = InstanceReceiver(spool, indexer)
     key = object()
     statuses: list[int] = []
 
@@ -177,6 +187,7 @@ def test_receiver_answers_mutated_instances_with_a_store_status(tmp_path: Path, 
         left = files_under(spool.tmp_dir)
         if result.status == STATUS_SUCCESS:
             assert not left  # moved into the spool
+            assert indexer.wait_idle(60)  # the row follows the acknowledgement on the indexer thread
             with store.sessions() as session:
                 assert session.scalar(select(func.count(Instance.id)).where(Instance.sha256 == result.sha256))
         else:
@@ -187,7 +198,8 @@ def test_receiver_answers_mutated_instances_with_a_store_status(tmp_path: Path, 
         written.path.unlink(missing_ok=True)  # the caller's part (the association does this)
 
     receive()
-    batcher.flush(key)
+    indexer.association_ended(key)
+    indexer.stop()
     stored = assert_index_consistent(store, spool)
     # The fuzzer reached every outcome, so the assertions above were exercised on each.
     assert set(statuses) == STORE_STATUSES and stored > 0, sorted(set(statuses))
@@ -229,11 +241,15 @@ def test_values_the_index_cannot_hold_are_refused_before_spooling(
     tmp_path: Path, store: DicomStore, case: str, file: Callable[[InstanceSeed], bytes]
 ) -> None:
     spool = Spool(tmp_path / "spool", min_free_bytes=0, fsync=False)
-    receiver = InstanceReceiver(spool, store.sessions, ReceiptBatcher(store.ledger, actor="fuzz"))
+    indexer = start_indexer(spool, store, ReceiptBatcher(store.ledger, actor="fuzz"))
+    receiver = InstanceReceiver(spool, indexer)
     incoming = spool.incoming()
     incoming.write(file(SEEDS[0]))
     written = incoming.finish()
-    result = receiver.receive(written.path, calling_ae="FUZZER", association_key=case, written=written)
+    try:
+        result = receiver.receive(written.path, calling_ae="FUZZER", association_key=case, written=written)
+    finally:
+        indexer.stop()
     assert (result.status, files_under(spool.objects_dir)) == (STATUS_CANNOT_UNDERSTAND, set()), result.reason
 
 
