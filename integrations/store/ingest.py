@@ -1,8 +1,9 @@
 """Index writes for received DICOM instances: one row per instance version, study bookkeeping.
 
-Callers own the transaction (the SCP commits per instance, STOW-RS once per request so a request is an
-atomic study). Concurrent associations may deliver the same study or the same instance at the same time:
-every insert is `ON CONFLICT DO NOTHING` against a unique key, so the race resolves in the database.
+Callers own the transaction (the SCP's indexer thread commits a batch of instances per transaction,
+STOW-RS once per request so a request is an atomic study). Concurrent associations may deliver the same
+study or the same instance at the same time, within one batch too: every insert is `ON CONFLICT DO
+NOTHING` against a unique key, so the race resolves in the database.
 """
 
 from __future__ import annotations

@@ -203,3 +203,20 @@ def test_unknown_analysis_is_an_error(
 def test_negative_stable_age_is_rejected(sessions: sessionmaker[Session], store: DicomStore) -> None:
     with pytest.raises(ValueError, match="stable_age_s"):
         StableStudyTracker(sessions, store.ledger, -1, print)
+
+
+def test_a_study_with_acknowledged_but_uncommitted_instances_is_not_settled(
+    sessions: sessionmaker[Session], store: DicomStore
+) -> None:
+    """The SCP acknowledges before the index commit; while its indexer holds rows of a study (a database
+    outage can make that longer than the quiet period), the tracker leaves the study receiving."""
+    held: set[str] = {"1.9.7"}
+    queued: list[str] = []
+    tracker = make_tracker(sessions, store.ledger, queued, held_studies=lambda: frozenset(held))
+    ingest(sessions, facts("1.9.7", 0), T0)
+    ingest(sessions, facts("1.9.8", 0), T0)
+    assert len(tracker.poll_once(T0 + timedelta(seconds=60))) == 1  # only the study not held
+    held.clear()  # the indexer committed the rest
+    assert len(tracker.poll_once(T0 + timedelta(seconds=60))) == 1
+    with sessions() as session:
+        assert set(session.scalars(select(Study.state))) == {"stable"}
