@@ -56,6 +56,7 @@ def received_study(tmp_path: Path, store: DicomStore) -> tuple[StorageScp, str, 
     for i in range(2):
         assert assoc.send_c_store(make_image(study_uid=study, seed=i)).Status == 0
     assoc.release()
+    assert scp.indexer.wait_idle(30)  # acknowledged is not yet indexed: the rows follow on the indexer
     tracker = StableStudyTracker(store.sessions, store.ledger, 0.0, lambda _id: None)
     [analysis_id] = tracker.poll_once(datetime.now(UTC) + timedelta(seconds=1))
     with store.sessions() as session:
