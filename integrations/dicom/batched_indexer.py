@@ -285,8 +285,8 @@ class BatchedIndexer:
         while remaining:
             try:
                 recorded = self._writer.commit(remaining)
-            except SQLAlchemyError as exc:
-                if is_outage(exc):
+            except Exception as exc:  # anything else than an outage is isolated to its row below
+                if isinstance(exc, SQLAlchemyError) and is_outage(exc):
                     self._set_healthy(False, exc)
                     if self._abandon.wait(delay):
                         return
@@ -303,19 +303,21 @@ class BatchedIndexer:
         for position, item in enumerate(batch):
             try:
                 recorded = self._writer.commit([item])
-            except SQLAlchemyError as exc:
-                if is_outage(exc):
+            except Exception as exc:
+                if isinstance(exc, SQLAlchemyError) and is_outage(exc):
                     return batch[position:]
+                self._set_healthy(True, None)  # the database answered: it refused this row only
                 LOG.error(
                     "the index refused an acknowledged instance (%s); it stays in the intake journal",
                     type(exc).__name__,
                 )
                 self._release([item])
                 continue
+            self._set_healthy(True, None)
             self._finish([item], recorded)
         return []
 
-    def _set_healthy(self, healthy: bool, exc: SQLAlchemyError | None) -> None:
+    def _set_healthy(self, healthy: bool, exc: Exception | None) -> None:
         with self._cond:
             changed = healthy != self._healthy
             self._healthy = healthy
