@@ -107,6 +107,7 @@ class StorageScp:
         swept = self.spool.sweep_tmp()
         if swept:
             LOG.info("removed %d interrupted spool writes", swept)
+        self.spool.start_ready_files()
         replay_orphaned_journals(
             self.spool, self.writer, self.batcher, batch_max=self.config.intake_batch_max
         )
@@ -182,3 +183,4 @@ class StorageScp:
             association.abort()
         self.indexer.stop()
         self.batcher.flush_all()
+        self.spool.stop_ready_files()

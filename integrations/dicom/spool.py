@@ -3,9 +3,10 @@
 Why content addressing: file names must never come from raw UIDs (they are attacker-controlled and may
 carry PHI-like structure), a duplicate with the same bytes lands on the same path (so no second copy), and
 a different version of the same SOP Instance UID gets its own path (so both are kept). Files are hashed
-while written, fsynced, then renamed into place; a crash leaves at most a stray file under `tmp/`, which
-`sweep_tmp` removes at start-up. Files under `objects/` are deleted only by the retention purge
-(`integrations/ops/retention.py`), which first marks their index rows (`purged_marker`).
+while written, fsynced, then renamed into place; a crash leaves at most stray files under `tmp/` (and
+the SCP's empty ready files under `ready/`), which `sweep_tmp` removes at start-up. Files under
+`objects/` are deleted only by the retention purge (`integrations/ops/retention.py`), which first marks
+their index rows (`purged_marker`).
 
 Encryption at rest (on when the spool is given a key): each object is sealed as it moves from `tmp/` into
 `objects/` (format in `spool_cipher`). Digest and size stay those of the plaintext DICOM bytes, so
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
+from integrations.dicom.ready_files import ReadyFiles
 from integrations.dicom.spool_cipher import (
     HEADER_SIZE,
     SealingWriter,
@@ -106,6 +108,9 @@ class Spool:
         self._audit = audit
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
+        # Empty temp files made ahead for the SCP (`start_ready_files`); None: made when needed.
+        self.ready_dir = self.root / "ready"
+        self._ready: ReadyFiles | None = None
         self._made_dirs: set[Path] = set()
         for path in (self.root, self.objects_dir, self.tmp_dir):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -122,8 +127,22 @@ class Spool:
         return path
 
     def incoming(self) -> IncomingFile:
-        """A file under `tmp/` that hashes what is written to it: the SCP streams a data set into it."""
+        """A temp file that hashes what is written to it: the SCP streams a data set into it."""
+        if self._ready is not None:
+            path, out = self._ready.take()
+            return IncomingFile(path, fsync=self.fsync, out=out)
         return IncomingFile(self.tmp_dir / f"{uuid.uuid4().hex}.part", fsync=self.fsync)
+
+    def start_ready_files(self, depth: int = 4) -> None:
+        """Keep `depth` empty temp files open ahead of `incoming` (the SCP's hot path; see ready_files)."""
+        if self._ready is None:
+            self._ready = ReadyFiles(self.ready_dir, depth)
+            self._ready.start()
+
+    def stop_ready_files(self) -> None:
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.close()
 
     def adopt(self, temp_path: Path, written: WrittenFile | None = None) -> SpooledFile:
         """Move a finished file into the spool; `written` (from `IncomingFile.finish`) skips re-hashing.
@@ -250,13 +269,26 @@ class Spool:
         finally:
             temp.unlink(missing_ok=True)
 
+    def unfinished_writes(self) -> list[Path]:
+        """Files of writes that did not finish: anything under `tmp/`, and ready files written to.
+
+        Empty files under `ready/` are the SCP's files made ahead, not interrupted writes.
+        """
+        found = [path for path in self.tmp_dir.iterdir() if path.is_file()]
+        if self.ready_dir.is_dir():
+            found += [path for path in self.ready_dir.iterdir() if path.is_file() and path.stat().st_size]
+        return found
+
     def sweep_tmp(self) -> int:
         """Remove leftovers of writes interrupted by a crash; returns how many were removed."""
         removed = 0
-        for leftover in self.tmp_dir.iterdir():
-            if leftover.is_file():
-                leftover.unlink(missing_ok=True)
-                removed += 1
+        for directory in (self.tmp_dir, self.ready_dir):
+            if not directory.is_dir():
+                continue
+            for leftover in directory.iterdir():
+                if leftover.is_file():
+                    leftover.unlink(missing_ok=True)
+                    removed += 1
         return removed
 
     def _write_from(self, chunks: Iterable[bytes]) -> SpooledFile:
@@ -336,12 +368,13 @@ class IncomingFile:
     A crash leaves the `.part` file under `tmp/`, which `Spool.sweep_tmp` removes at the next start.
     """
 
-    def __init__(self, path: Path, *, fsync: bool) -> None:
+    def __init__(self, path: Path, *, fsync: bool, out: BinaryIO | None = None) -> None:
+        """`out`: the file at `path` already open for writing (a ready file), else it is created."""
         self.path = path
         self._fsync = fsync
         self._hasher = hashlib.sha256()
         self._size = 0
-        self._out: BinaryIO | None = path.open("wb")
+        self._out: BinaryIO | None = out if out is not None else path.open("wb")
 
     def write(self, data: bytes | memoryview) -> None:
         if self._out is None:

@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import select
 
 from cds.demo_study import build_demo_ct_study, store_instances
+from integrations.dicom.spool import Spool
 from integrations.dicom.status import STATUS_PROCESSING_FAILURE, STATUS_SUCCESS
 from integrations.store.models import Instance
 from tests.conftest import PG_ADMIN_DSN
@@ -82,4 +83,4 @@ def test_scp_refuses_during_outage_and_resend_succeeds(deployment: Deployment) -
     wait_until(lambda: len(_indexed(deployment)) == len(paths), timeout_s=60, what="the resent rows")
     indexed = _indexed(deployment)
     assert _spooled(spool) == indexed, "a spool file without an index row (orphan) or a row without its file"
-    assert not any((spool / "tmp").iterdir())
+    assert Spool(spool).unfinished_writes() == []

@@ -30,6 +30,7 @@ from cds.settings import Settings
 from integrations.dicom.config import DicomConfig
 from integrations.dicom.intake_journal import JOURNAL_DIR
 from integrations.dicom.scp import StorageScp
+from integrations.dicom.spool import Spool
 from integrations.dicom.spool_key import create_spool_key
 from integrations.dicom.status import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
 from integrations.dicom.synthetic import make_image, write_part10
@@ -237,7 +238,7 @@ def test_kill_9_mid_stream_then_replay_indexes_every_acknowledged_instance_once(
     on_disk = {str(path.relative_to(gateway.spool)) for path in (gateway.spool / "objects").rglob("*.dcm")}
     assert on_disk == {row.spool_path for row in rows}
     assert list((gateway.spool / JOURNAL_DIR).iterdir()) == []
-    assert not any((gateway.spool / "tmp").iterdir())
+    assert Spool(gateway.spool).unfinished_writes() == []
     assert set(gateway.receipts()) == set(files.values())
 
 

@@ -1,0 +1,73 @@
+"""Temp files made ahead for the SCP: taken open and empty, replaced when swept, removed at close."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from integrations.dicom.ready_files import ReadyFiles
+from integrations.dicom.spool import Spool
+
+
+def _wait_for_files(directory: Path, count: int) -> list[Path]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = sorted(directory.iterdir())
+        if len(found) >= count:
+            return found
+        time.sleep(0.01)
+    raise AssertionError(f"{directory} never held {count} files")
+
+
+def test_files_are_made_ahead_taken_once_and_the_rest_removed_at_close(tmp_path: Path) -> None:
+    ready = ReadyFiles(tmp_path / "ready", depth=3)
+    ready.start()
+    waiting = _wait_for_files(ready.directory, 3)
+    taken = [ready.take() for _ in range(5)]  # three made ahead, then made on the spot (or refilled)
+    paths = [path for path, _ in taken]
+    assert len(set(paths)) == 5
+    assert set(waiting) <= set(paths)
+    for path, out in taken:
+        out.write(b"DICM")
+        out.close()
+        assert path.read_bytes() == b"DICM"
+    _wait_for_files(ready.directory, 5 + 3)  # refilled behind the takes
+    ready.close()
+    assert sorted(ready.directory.iterdir()) == sorted(paths)  # only the taken ones stay
+
+
+def test_a_file_swept_while_it_waited_is_replaced(tmp_path: Path) -> None:
+    ready = ReadyFiles(tmp_path / "ready", depth=1)  # not started: the test puts the file in line
+    path, out = ready.create()
+    ready._ready.put((path, out))
+    path.unlink()  # another process's start-up sweep
+    taken_path, taken = ready.take()
+    assert taken_path != path and taken_path.exists()
+    assert out.closed
+    taken.close()
+
+
+def test_spool_takes_ready_files_and_sweeps_their_leftovers(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    spool.start_ready_files(depth=2)
+    _wait_for_files(spool.ready_dir, 2)
+    incoming = spool.incoming()
+    assert incoming.path.parent == spool.ready_dir
+    incoming.write(b"\0" * 128 + b"DICM")
+    spooled = spool.adopt(incoming.path, incoming.finish())
+    assert (spool.root / spooled.relative_path).read_bytes().endswith(b"DICM")
+    assert not incoming.path.exists()
+    spool.stop_ready_files()
+    assert not any(spool.ready_dir.iterdir())
+    # What a crash leaves behind (files made ahead, never taken) goes with the next start's sweep.
+    for name in ("a.part", "b.part"):
+        (spool.ready_dir / name).write_bytes(b"")
+    assert Spool(tmp_path / "spool", fsync=False).sweep_tmp() == 2
+    assert not any(spool.ready_dir.iterdir())
+
+
+def test_depth_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="depth"):
+        ReadyFiles(tmp_path, depth=0)
