@@ -45,6 +45,9 @@ _KNOWN_TRANSFER_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
 # Largest A-ASSOCIATE-RQ we read: hundreds of presentation contexts fit in a few tens of KB.
 _MAX_ASSOCIATE_RQ = 256 * 1024
 _MIN_PDU_ALLOWANCE = 64 * 1024
+# Data set bytes are read off the socket and written to the spool in pieces of at most this size, so
+# writing and hashing one piece overlaps the sender's transmission of the next.
+_DATA_CHUNK = 128 * 1024
 
 
 def is_acceptable_abstract_syntax(uid: str) -> bool:
@@ -121,6 +124,7 @@ class StoreAssociation:
         self._max_pdu = max(config.max_pdu_bytes, _MIN_PDU_ALLOWANCE)
         self._command = bytearray()
         self._pending: _PendingStore | None = None
+        self._chunk = memoryview(bytearray(_DATA_CHUNK))
 
     def run(self) -> None:
         try:
@@ -169,11 +173,26 @@ class StoreAssociation:
             received += n
         return view
 
-    def _read_pdu(self, limit: int) -> tuple[int, memoryview]:
+    def _read_pdu_header(self, limit: int) -> tuple[int, int]:
         pdu_type, length = pdu.read_header(bytes(self._recv_exact(6)))
         if length > limit:
             raise pdu.PduError(f"PDU of {length} bytes exceeds the {limit} we accept")
+        return pdu_type, length
+
+    def _read_pdu(self, limit: int) -> tuple[int, memoryview]:
+        pdu_type, length = self._read_pdu_header(limit)
         return pdu_type, self._recv_exact(length) if length else memoryview(b"")
+
+    def _recv_chunk(self, count: int) -> memoryview:
+        """The next `count` bytes (at most `_DATA_CHUNK`), in a buffer reused by the next call."""
+        view = self._chunk[:count]
+        received = 0
+        while received < count:
+            n = self.sock.recv_into(view[received:], count - received)
+            if n == 0:
+                raise AssociationAborted("connection closed")
+            received += n
+        return view
 
     def _send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -218,11 +237,13 @@ class StoreAssociation:
 
     def _serve(self) -> None:
         while True:
-            pdu_type, body = self._read_pdu(self._max_pdu + 6)
+            pdu_type, length = self._read_pdu_header(self._max_pdu + 6)
             if pdu_type == pdu.P_DATA_TF:
-                for pdv in pdu.iter_pdvs(body):
-                    self._on_pdv(pdv)
-            elif pdu_type == pdu.A_RELEASE_RQ:
+                self._read_p_data(length)
+                continue
+            if length:
+                self._recv_exact(length)  # the body of a release or abort carries nothing we need
+            if pdu_type == pdu.A_RELEASE_RQ:
                 self._send(pdu.build_release_rp())
                 return
             elif pdu_type == pdu.A_ABORT:
@@ -230,29 +251,44 @@ class StoreAssociation:
             else:
                 raise pdu.PduError(f"unexpected PDU type 0x{pdu_type:02X} during data transfer")
 
-    def _on_pdv(self, pdv: pdu.Pdv) -> None:
-        if pdv.context_id not in self._contexts:
-            raise pdu.PduError(f"PDV on presentation context {pdv.context_id}, which was not accepted")
-        if pdv.is_command:
-            if self._pending is not None:
-                raise pdu.PduError("a command arrived before the previous command's data set ended")
-            self._command += pdv.data
-            if len(self._command) > _MIN_PDU_ALLOWANCE:
-                raise CommandError("command set larger than any C-STORE or C-ECHO request")
-            if pdv.is_last:
-                command = decode_command(bytes(self._command))
-                self._command.clear()
-                self._on_command(command, pdv.context_id)
-            return
+    def _read_p_data(self, length: int) -> None:
+        """A P-DATA-TF body, PDV by PDV: command fragments whole, data set fragments streamed to the spool."""
+        room = length
+        while room:
+            header = pdu.parse_pdv_header(self._recv_exact(min(room, pdu.PDV_HEADER_LENGTH)), room)
+            room -= header.item_length
+            if header.context_id not in self._contexts:
+                raise pdu.PduError(f"PDV on presentation context {header.context_id}, which was not accepted")
+            if header.is_command:
+                self._on_command_fragment(header, self._recv_exact(header.data_length))
+            else:
+                self._on_data_fragment(header)
+
+    def _on_command_fragment(self, header: pdu.PdvHeader, data: memoryview) -> None:
+        if self._pending is not None:
+            raise pdu.PduError("a command arrived before the previous command's data set ended")
+        self._command += data
+        if len(self._command) > _MIN_PDU_ALLOWANCE:
+            raise CommandError("command set larger than any C-STORE or C-ECHO request")
+        if header.is_last:
+            command = decode_command(bytes(self._command))
+            self._command.clear()
+            self._on_command(command, header.context_id)
+
+    def _on_data_fragment(self, header: pdu.PdvHeader) -> None:
         pending = self._pending
-        if pending is None or pending.context_id != pdv.context_id:
+        if pending is None or pending.context_id != header.context_id:
             raise pdu.PduError("data set fragment without a command that announced it")
-        if pending.incoming is not None:
-            try:
-                pending.incoming.write(pdv.data)
-            except OSError as exc:
-                self._refuse_midway(pending, exc)
-        if pdv.is_last:
+        left = header.data_length
+        while left:
+            piece = self._recv_chunk(min(left, _DATA_CHUNK))
+            left -= len(piece)
+            if pending.incoming is not None:
+                try:
+                    pending.incoming.write(piece)
+                except OSError as exc:
+                    self._refuse_midway(pending, exc)
+        if header.is_last:
             self._pending = None
             self._respond(pending.command, pending.context_id, self._complete(pending))
 

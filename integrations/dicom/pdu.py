@@ -226,23 +226,47 @@ def build_p_data(context_id: int, payload: bytes, *, is_command: bool, max_pdu_l
     return bytes(out)
 
 
+PDV_HEADER_LENGTH = 6  # item length (4), presentation context id (1), message control header (1)
+
+
+@dataclass(frozen=True)
+class PdvHeader:
+    """A PDV item's header: what follows it is `data_length` bytes of command or data set."""
+
+    context_id: int
+    is_command: bool
+    is_last: bool
+    data_length: int
+
+    @property
+    def item_length(self) -> int:
+        return PDV_HEADER_LENGTH + self.data_length
+
+
+def parse_pdv_header(raw: bytes | memoryview, room: int) -> PdvHeader:
+    """The PDV item header at the start of `raw`, whose item must fit the `room` bytes left in its PDU.
+
+    Raises PduError when the header or the item runs past the PDU.
+    """
+    if room < PDV_HEADER_LENGTH or len(raw) < PDV_HEADER_LENGTH:
+        raise PduError("PDV item header runs past the PDU")
+    (item_length,) = struct.unpack_from(">L", raw, 0)
+    if item_length < 2 or 4 + item_length > room:
+        raise PduError("PDV item length does not fit its PDU")
+    control = raw[5]
+    return PdvHeader(raw[4], bool(control & 0x01), bool(control & 0x02), item_length - 2)
+
+
 def iter_pdvs(body: memoryview) -> Iterator[Pdv]:
     """The PDV items of a P-DATA-TF body. Raises PduError when an item's length does not fit."""
     offset = 0
     while offset < len(body):
-        if offset + 6 > len(body):
-            raise PduError("PDV item header runs past the PDU")
-        (item_length,) = struct.unpack_from(">L", body, offset)
-        if item_length < 2 or offset + 4 + item_length > len(body):
-            raise PduError("PDV item length does not fit its PDU")
-        header = body[offset + 5]
+        header = parse_pdv_header(body[offset : offset + PDV_HEADER_LENGTH], len(body) - offset)
+        start = offset + PDV_HEADER_LENGTH
         yield Pdv(
-            body[offset + 4],
-            bool(header & 0x01),
-            bool(header & 0x02),
-            body[offset + 6 : offset + 4 + item_length],
+            header.context_id, header.is_command, header.is_last, body[start : start + header.data_length]
         )
-        offset += 4 + item_length
+        offset += header.item_length
 
 
 def ae_field(title: str) -> bytes:
