@@ -163,7 +163,7 @@ class Spool:
         if self.fsync and written is None:
             _fsync_path(temp_path)
         try:
-            os.replace(temp_path, target)
+            self._move_into_place(temp_path, target)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
@@ -264,7 +264,7 @@ class Spool:
             relative, target = self._object_path(digest)
             if target.exists():
                 return SpooledFile(relative, digest, size, already_present=True)
-            os.replace(temp, target)
+            self._move_into_place(temp, target)
             return SpooledFile(relative, digest, size, already_present=False)
         finally:
             temp.unlink(missing_ok=True)
@@ -306,10 +306,21 @@ class Spool:
             relative, target = self._object_path(digest)
             if target.exists():
                 return SpooledFile(relative, digest, size, already_present=True)
-            os.replace(temp, target)
+            self._move_into_place(temp, target)
             return SpooledFile(relative, digest, size, already_present=False)
         finally:
             temp.unlink(missing_ok=True)
+
+    def _move_into_place(self, temp: Path, target: Path) -> None:
+        """Rename a finished file to its spool path; with fsync, the directory entry is made durable too.
+
+        An fsynced file is not enough: until its directory is synced, a power cut can lose the rename
+        and leave an acknowledged instance without a name (POSIX; ext4 and XFS happen to order it, btrfs
+        and network filesystems need not).
+        """
+        os.replace(temp, target)
+        if self.fsync:
+            _fsync_directory(target.parent)
 
     def _object_path(self, digest: str) -> tuple[str, Path]:
         # One level of 256 directories: a second level (65,536) cost a directory creation per instance
@@ -318,7 +329,10 @@ class Spool:
         relative = f"objects/{digest[:2]}/{digest}.dcm"
         target = self.root / relative
         if target.parent not in self._made_dirs:
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not target.parent.is_dir():
+                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                if self.fsync:
+                    _fsync_directory(self.objects_dir)  # the new directory's own entry
             self._made_dirs.add(target.parent)
         return relative, target
 
@@ -413,6 +427,14 @@ def _hash_file(path: Path) -> tuple[str, int]:
 
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
