@@ -24,11 +24,15 @@ def _wait_for_files(directory: Path, count: int) -> list[Path]:
 def test_files_are_made_ahead_taken_once_and_the_rest_removed_at_close(tmp_path: Path) -> None:
     ready = ReadyFiles(tmp_path / "ready", depth=3)
     ready.start()
-    waiting = _wait_for_files(ready.directory, 3)
-    taken = [ready.take() for _ in range(5)]  # three made ahead, then made on the spot (or refilled)
+    deadline = time.monotonic() + 10
+    while not ready._ready.full():  # three made ahead and in line
+        assert time.monotonic() < deadline, "the files were never made ahead"
+        time.sleep(0.01)
+    waiting = set(ready.directory.iterdir())
+    taken = [ready.take() for _ in range(5)]  # three made ahead, then refilled or made on the spot
     paths = [path for path, _ in taken]
     assert len(set(paths)) == 5
-    assert set(waiting) <= set(paths)
+    assert set(paths[:3]) <= waiting
     for path, out in taken:
         out.write(b"DICM")
         out.close()
