@@ -100,9 +100,8 @@ def test_stow_request_trace_reaches_the_worker_and_its_fhir_calls(
         names = {span["name"] for span in spans}
         ids = {span["span_id"] for span in spans}
         tasks = [span for span in spans if span["name"] in {f"run {ANALYSE_TASK}", f"run {WRITEBACK_TASK}"}]
-        done = (
-            {f"run {ANALYSE_TASK}", f"run {WRITEBACK_TASK}", "POST /dicomweb/studies"} <= names
-            and all(span["parent_span_id"] in ids for span in tasks)
+        done = {f"run {ANALYSE_TASK}", f"run {WRITEBACK_TASK}", "POST /dicomweb/studies"} <= names and all(
+            span["parent_span_id"] in ids for span in tasks
         )
         return spans if done else []
 
