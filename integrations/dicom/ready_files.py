@@ -5,15 +5,18 @@ receiving thread's time per CT instance, and it sits on the acknowledgement path
 response before the next instance). A thread that keeps a few files open and ready moves that cost off the
 path, onto the core the sender leaves idle while it waits.
 
-A ready file is an ordinary named file under `<spool>/ready/`, removed when taken files are renamed into
-the spool and by `close` at shutdown; `Spool.sweep_tmp` removes what a crash leaves. A file someone else
-removed while it waited (another process's start-up sweep on a shared spool) is noticed when taken (no
-links left) and replaced.
+Each process keeps its files in its own directory, `<spool>/ready/<token>/`, and holds an exclusive
+`flock` on `<spool>/ready/<token>.lock` while it lives. Several dicom processes may share a spool: a start-up
+sweep (`sweep_orphaned`) removes only the directories whose lock is free, so it never takes a file another
+live process is writing into. Taken files leave the directory when renamed into the spool; `close` removes
+the rest at shutdown. A file that disappears while it waits anyway is noticed when taken (no links left)
+and replaced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import queue
@@ -24,19 +27,22 @@ from typing import BinaryIO
 
 LOG = logging.getLogger(__name__)
 _RETRY_AFTER_ERROR_S = 0.5
+_LOCK_SUFFIX = ".lock"
 
 
 class ReadyFiles:
     """`take` a new, empty, open temp file: made ahead by the `start` thread, or on the spot if none waits."""
 
-    def __init__(self, directory: Path, depth: int = 4) -> None:
+    def __init__(self, parent: Path, depth: int = 4) -> None:
         if depth < 1:
             raise ValueError("depth must be at least 1")
-        self.directory = directory
+        parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_path, self._lock_fd = _hold_new_lock(parent)
+        self.directory = parent / self._lock_path.name.removesuffix(_LOCK_SUFFIX)
+        self.directory.mkdir(mode=0o700)
         self._ready: queue.Queue[tuple[Path, BinaryIO]] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def create(self) -> tuple[Path, BinaryIO]:
         path = self.directory / f"{uuid.uuid4().hex}.part"
@@ -59,7 +65,7 @@ class ReadyFiles:
             out.close()  # swept away while it waited: take another
 
     def close(self) -> None:
-        """Stop the thread and remove the files still waiting."""
+        """Stop the thread, remove the files still waiting and this process's directory and lock."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -68,8 +74,18 @@ class ReadyFiles:
             try:
                 path, out = self._ready.get_nowait()
             except queue.Empty:
-                return
+                break
             _discard(path, out)
+        if self._lock_fd < 0:
+            return
+        try:
+            self.directory.rmdir()
+        except OSError:
+            pass  # a taken file is still there: leave the lock file, free, for the next sweep
+        else:
+            self._lock_path.unlink(missing_ok=True)
+        os.close(self._lock_fd)
+        self._lock_fd = -1
 
     def _fill(self) -> None:
         while not self._stop.is_set():
@@ -88,6 +104,55 @@ class ReadyFiles:
                     break
                 except queue.Full:
                     continue
+
+
+def _hold_new_lock(parent: Path) -> tuple[Path, int]:
+    """A new lock file under `parent`, held. A sweep that opened it between our create and our flock
+    would have found it free and removed it; then the path no longer names our file and we start over."""
+    while True:
+        path = parent / f"{uuid.uuid4().hex}{_LOCK_SUFFIX}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return path, fd
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def sweep_orphaned(parent: Path) -> int:
+    """Remove the ready files of processes that are gone (their lock is free); returns the files removed.
+
+    Loose files directly under `parent` (none are made there) are removed too.
+    """
+    if not parent.is_dir():
+        return 0
+    removed = 0
+    for entry in parent.iterdir():
+        if entry.is_file() and entry.suffix != _LOCK_SUFFIX:
+            entry.unlink(missing_ok=True)
+            removed += 1
+    for lock_path in parent.glob(f"*{_LOCK_SUFFIX}"):
+        try:
+            fd = os.open(lock_path, os.O_RDWR)
+        except FileNotFoundError:  # its owner closed in the meantime
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live process's files
+            directory = parent / lock_path.name.removesuffix(_LOCK_SUFFIX)
+            if directory.is_dir():
+                for leftover in directory.iterdir():
+                    leftover.unlink(missing_ok=True)
+                    removed += 1
+                directory.rmdir()
+            lock_path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _discard(path: Path, out: BinaryIO) -> None:

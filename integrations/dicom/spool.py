@@ -4,7 +4,7 @@ Why content addressing: file names must never come from raw UIDs (they are attac
 carry PHI-like structure), a duplicate with the same bytes lands on the same path (so no second copy), and
 a different version of the same SOP Instance UID gets its own path (so both are kept). Files are hashed
 while written, fsynced, then renamed into place; a crash leaves at most stray files under `tmp/` (and
-the SCP's empty ready files under `ready/`), which `sweep_tmp` removes at start-up. Files under
+a dead SCP's files under `ready/<token>/`), which `sweep_tmp` removes at start-up. Files under
 `objects/` are deleted only by the retention purge (`integrations/ops/retention.py`), which first marks
 their index rows (`purged_marker`).
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
-from integrations.dicom.ready_files import ReadyFiles
+from integrations.dicom.ready_files import ReadyFiles, sweep_orphaned
 from integrations.dicom.spool_cipher import (
     HEADER_SIZE,
     SealingWriter,
@@ -276,20 +276,21 @@ class Spool:
         """
         found = [path for path in self.tmp_dir.iterdir() if path.is_file()]
         if self.ready_dir.is_dir():
-            found += [path for path in self.ready_dir.iterdir() if path.is_file() and path.stat().st_size]
+            found += [path for path in self.ready_dir.glob("*/*") if path.is_file() and path.stat().st_size]
         return found
 
     def sweep_tmp(self) -> int:
-        """Remove leftovers of writes interrupted by a crash; returns how many were removed."""
+        """Remove leftovers of writes interrupted by a crash; returns how many were removed.
+
+        Under `ready/` only the files of processes that are gone; a live dicom process sharing the spool
+        keeps its own (see `ready_files`).
+        """
         removed = 0
-        for directory in (self.tmp_dir, self.ready_dir):
-            if not directory.is_dir():
-                continue
-            for leftover in directory.iterdir():
-                if leftover.is_file():
-                    leftover.unlink(missing_ok=True)
-                    removed += 1
-        return removed
+        for leftover in self.tmp_dir.iterdir():
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+                removed += 1
+        return removed + sweep_orphaned(self.ready_dir)
 
     def _write_from(self, chunks: Iterable[bytes]) -> SpooledFile:
         temp = self.tmp_dir / f"{uuid.uuid4().hex}.part"

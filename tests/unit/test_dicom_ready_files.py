@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -53,23 +54,56 @@ def test_a_file_swept_while_it_waited_is_replaced(tmp_path: Path) -> None:
     taken.close()
 
 
+def _process_dir(spool: Spool) -> Path:
+    (directory,) = [path for path in spool.ready_dir.iterdir() if path.is_dir()]
+    return directory
+
+
 def test_spool_takes_ready_files_and_sweeps_their_leftovers(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", fsync=False)
     spool.start_ready_files(depth=2)
-    _wait_for_files(spool.ready_dir, 2)
+    own = _process_dir(spool)
+    _wait_for_files(own, 2)
     incoming = spool.incoming()
-    assert incoming.path.parent == spool.ready_dir
+    assert incoming.path.parent == own
     incoming.write(b"\0" * 128 + b"DICM")
     spooled = spool.adopt(incoming.path, incoming.finish())
     assert (spool.root / spooled.relative_path).read_bytes().endswith(b"DICM")
     assert not incoming.path.exists()
     spool.stop_ready_files()
-    assert not any(spool.ready_dir.iterdir())
-    # What a crash leaves behind (files made ahead, never taken) goes with the next start's sweep.
+    assert not any(spool.ready_dir.iterdir())  # its files, directory and lock are gone
+    # Loose files (none are made there) go with the next start's sweep.
     for name in ("a.part", "b.part"):
         (spool.ready_dir / name).write_bytes(b"")
     assert Spool(tmp_path / "spool", fsync=False).sweep_tmp() == 2
     assert not any(spool.ready_dir.iterdir())
+
+
+def test_a_sweep_keeps_a_live_process_files_and_removes_a_dead_one(tmp_path: Path) -> None:
+    """Two dicom processes on one spool: the one starting sweeps; the other's files in use survive."""
+    live = Spool(tmp_path / "spool", fsync=False)
+    live.start_ready_files(depth=2)
+    live_dir = _process_dir(live)
+    _wait_for_files(live_dir, 2)
+    writing = live.incoming()
+    writing.write(b"half a data set" * 10_000)  # past the write buffer: on disk now
+
+    starting = Spool(tmp_path / "spool", fsync=False)
+    assert starting.sweep_tmp() == 0
+    assert writing.path.exists() and len(list(live_dir.iterdir())) >= 2
+    assert starting.unfinished_writes() == [writing.path]
+
+    # The live one dies without cleaning up: its lock is released by the kernel, its files stay.
+    ready = live._ready
+    assert ready is not None
+    ready._stop.set()
+    os.close(ready._lock_fd)
+    ready._lock_fd = -1
+    time.sleep(0.3)  # the fill thread notices the stop
+    left = [path for path in live_dir.iterdir()]
+    assert starting.sweep_tmp() == len(left)
+    assert not any(starting.ready_dir.iterdir())
+    writing.discard()
 
 
 def test_depth_must_be_positive(tmp_path: Path) -> None:
