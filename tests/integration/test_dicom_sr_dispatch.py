@@ -112,6 +112,8 @@ def stored_report(tmp_path: Path, store: DicomStore, *, cite_image: bool = True)
 
 
 def received_by(pacs: StorageScp) -> list[Instance]:
+    # Acknowledged is not yet indexed: the rows follow on the PACS's indexer thread.
+    assert pacs.indexer.wait_idle(30)
     with pacs.index.sessions() as session:  # type: ignore[attr-defined]
         return list(session.execute(select(Instance)).scalars())
 
