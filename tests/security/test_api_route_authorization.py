@@ -38,7 +38,6 @@ from audit.keys import ensure_signing_key
 from audit.review import Role
 from audit.review.gate import SESSION_COOKIE
 from cds.client_auth.ehr_signer import EhrTokenSigner
-from cds.observability.instrument import instrument_api
 from cds.viewer.launch_state import LaunchStore, PendingLaunch, ViewerSession
 from cds.viewer.router import SESSION_HEADER
 from cds.viewer.sealed_secrets import SecretSealer
@@ -49,14 +48,20 @@ from tests.integration.cds_support import (
     PUBLIC_BASE,
     Store,
     alg_none_token,
-    build_app,
     hook_body,
     make_store,
     searchset,
     seed_report,
 )
-from tests.integration.review_seed import sign_in, write_local_users
-from tests.security.app_surface import AUDIT_TOKEN, STOW_TOKEN, VIEWER_ISS, route_table, table_counts
+from tests.integration.review_seed import sign_in
+from tests.security.app_surface import (
+    AUDIT_TOKEN,
+    STOW_TOKEN,
+    VIEWER_ISS,
+    build_deployed_app,
+    route_table,
+    table_counts,
+)
 from tests.security.deployed_proxy import running_proxy
 
 pytestmark = pytest.mark.postgres
@@ -163,19 +168,7 @@ def _site(tmp: Path, database_url: str) -> Iterator[ApiSite]:
     ensure_signing_key(store.ledger.config)  # public checkpoint and key routes answer 200, not 404
     store.ledger.checkpoint()
     signer = EhrTokenSigner.generate(ISSUER)
-    app = build_app(
-        tmp,
-        store,
-        signer,
-        review_local_users_file=write_local_users(tmp),
-        review_secure_cookies=False,
-        stow_tokens=[STOW_TOKEN],
-        audit_api_tokens=[AUDIT_TOKEN],
-        viewer_client_id="veritrace-viewer",
-        viewer_allowed_issuers=[VIEWER_ISS],
-    )
-    app.state.cds.fetcher.timeout_s = 0.2
-    instrument_api(app, engine=store.engine, ledger_size=store.ledger.size)
+    app = build_deployed_app(tmp, store, signer)
     client = TestClient(app, base_url=PUBLIC_BASE)  # no lifespan: its shutdown closes the app's HTTP client
     called = client.post(HOOK, json=_hook_call_body(), headers=_bearer(signer.token(PUBLIC_BASE + HOOK)))
     assert called.status_code == 200, called.text

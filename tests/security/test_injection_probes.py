@@ -34,13 +34,19 @@ from starlette.routing import Route
 
 from audit.review.auth_routes import LOGIN_CSRF_COOKIE, OIDC_STATE_COOKIE
 from audit.review.gate import CSRF_HEADER, SESSION_COOKIE
-from cds.observability.instrument import instrument_api
 from cds.viewer.launch_state import LaunchStore, ViewerSession
 from cds.viewer.sealed_secrets import SecretSealer
 from integrations.dicom.spool import Spool
-from tests.integration.cds_support import PUBLIC_BASE, Store, build_app, make_store, seed_report
-from tests.integration.review_seed import PASSWORD, write_local_users
-from tests.security.app_surface import AUDIT_TOKEN, STOW_TOKEN, VIEWER_ISS, route_table, table_counts
+from tests.integration.cds_support import PUBLIC_BASE, Store, make_store, seed_report
+from tests.integration.review_seed import PASSWORD
+from tests.security.app_surface import (
+    AUDIT_TOKEN,
+    STOW_TOKEN,
+    VIEWER_ISS,
+    build_deployed_app,
+    route_table,
+    table_counts,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -176,19 +182,7 @@ def site(tmp_path: Path, postgres_url: str) -> Iterator[Site]:
     store = make_store(tmp_path, postgres_url)
     report = seed_report(store, patient_id="probe-patient")
     store.ledger.append("test.entry", "security-test", {"n": 1})
-    app = build_app(
-        tmp_path,
-        store,
-        None,
-        review_local_users_file=write_local_users(tmp_path),
-        review_secure_cookies=False,
-        stow_tokens=[STOW_TOKEN],
-        audit_api_tokens=[AUDIT_TOKEN],
-        viewer_client_id="veritrace-viewer",
-        viewer_allowed_issuers=[VIEWER_ISS],
-    )
-    app.state.cds.fetcher.timeout_s = 0.2
-    instrument_api(app, engine=store.engine, ledger_size=store.ledger.size)
+    app = build_deployed_app(tmp_path, store, None)
     # A viewer session as the SMART launch leaves it (the launch itself is tested in test_viewer_*).
     handle = secrets.token_urlsafe(32)
     sealer = SecretSealer.from_key_or_file(None, tmp_path / "keys" / "viewer-session.key")
