@@ -6,46 +6,24 @@ import struct
 from io import BytesIO
 
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.pdu import A_ASSOCIATE_AC
 from pynetdicom.presentation import build_context
-from pynetdicom.transport import AddressInformation
 
 from integrations.dicom import pdu
 from integrations.dicom.association import is_acceptable_abstract_syntax, negotiate_context
 from integrations.dicom.dimse_command import C_STORE_RQ, CommandError, decode_command, encode_response
+from tests.dicom_pdu_support import command_set, pynetdicom_associate_rq
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 
 
-def pynetdicom_associate_rq() -> bytes:
-    """An A-ASSOCIATE-RQ as pynetdicom encodes it: the independent reference for our parser."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = "PACS"
-    primitive.called_ae_title = "VERITRACE"
-    primitive.calling_presentation_address = AddressInformation("127.0.0.1", 1)
-    primitive.called_presentation_address = AddressInformation("127.0.0.1", 2)
-    contexts = [build_context(CT, [EXPLICIT_LE, IMPLICIT_LE]), build_context("1.2.840.10008.1.1")]
-    for number, context in enumerate(contexts):
-        context.context_id = 2 * number + 1
-    primitive.presentation_context_definition_list = contexts
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = 16382
-    primitive.user_information = [maximum]
-    request = A_ASSOCIATE_RQ()
-    request.from_primitive(primitive)
-    return bytes(request.encode())
-
-
 def test_parses_an_associate_request_encoded_by_pynetdicom() -> None:
-    raw = pynetdicom_associate_rq()
+    raw = pynetdicom_associate_rq(
+        [build_context(CT, [EXPLICIT_LE, IMPLICIT_LE]), build_context("1.2.840.10008.1.1")]
+    )
     pdu_type, length = pdu.read_header(raw[:6])
     request = pdu.parse_associate_rq(raw[6:])
 
@@ -118,18 +96,8 @@ def test_pdv_whose_length_overruns_its_pdu_raises() -> None:
         list(pdu.iter_pdvs(memoryview(struct.pack(">LBB", 50, 1, 3) + b"x" * 10)))
 
 
-def command_bytes(**elements: object) -> bytes:
-    ds = Dataset()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    buffer = DicomBytesIO()
-    buffer.is_implicit_VR, buffer.is_little_endian = True, True  # PS3.7: command sets are implicit VR LE
-    write_dataset(buffer, ds)
-    return buffer.getvalue()
-
-
 def test_decodes_a_c_store_request_and_encodes_its_response() -> None:
-    raw = command_bytes(
+    raw = command_set(
         AffectedSOPClassUID=CT,
         CommandField=C_STORE_RQ,
         MessageID=7,

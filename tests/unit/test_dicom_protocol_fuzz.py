@@ -18,14 +18,8 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
-from pynetdicom.transport import AddressInformation
 
 from integrations.dicom import pdu
 from integrations.dicom.association import negotiate_context, rejection_for
@@ -37,6 +31,7 @@ from integrations.dicom.dimse_command import (
     decode_command,
     encode_response,
 )
+from tests.dicom_pdu_support import command_set, pynetdicom_associate_rq
 from tests.security.byte_mutations import Seed, mutated
 
 FUZZ = settings(
@@ -52,12 +47,6 @@ ACCEPTOR = DicomConfig(spool_dir=Path("spool-unused"), port=0)
 
 def associate_rq_body() -> bytes:
     """An A-ASSOCIATE-RQ body (after the 6-byte header) as pynetdicom encodes it."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = pdu.APPLICATION_CONTEXT
-    primitive.calling_ae_title = "PACS"
-    primitive.called_ae_title = "VERITRACE"
-    primitive.calling_presentation_address = AddressInformation("127.0.0.1", 1)
-    primitive.called_presentation_address = AddressInformation("127.0.0.1", 2)
     contexts = [
         build_context(CT, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]),
         build_context("1.2.840.10008.1.1"),
@@ -66,25 +55,7 @@ def associate_rq_body() -> bytes:
         build_context("1.2.840.10008.5.1.4.1.2.1.1", ["1.2.840.10008.1.2.1"]),  # Q/R FIND: not storage
         build_context(CT, ["1.2.840.10008.1.2.4.999", "1.2.3.4.5.6.7.8"]),
     ]
-    for number, context in enumerate(contexts):
-        context.context_id = 2 * number + 1
-    primitive.presentation_context_definition_list = contexts
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = 16382
-    primitive.user_information = [maximum]
-    request = A_ASSOCIATE_RQ()
-    request.from_primitive(primitive)
-    return bytes(request.encode())[6:]
-
-
-def command_set(**elements: object) -> bytes:
-    ds = Dataset()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    buffer = DicomBytesIO()
-    buffer.is_implicit_VR, buffer.is_little_endian = True, True  # PS3.7: command sets are implicit VR LE
-    write_dataset(buffer, ds)
-    return buffer.getvalue()
+    return pynetdicom_associate_rq(contexts)[6:]
 
 
 ASSOCIATE_RQ = associate_rq_body()
