@@ -68,15 +68,20 @@ def associate_rq(
     return bytes(request.encode())
 
 
-def command_set(**elements: object) -> bytes:
-    """A DIMSE command set as PS3.7 encodes it: implicit VR little endian, led by its group length."""
+def command_elements(**elements: object) -> bytes:
+    """These command elements as PS3.7 encodes them (implicit VR little endian), without a group length."""
     ds = Dataset()
     for keyword, value in elements.items():
         setattr(ds, keyword, value)
     buffer = DicomBytesIO()
     buffer.is_implicit_VR, buffer.is_little_endian = True, True
     write_dataset(buffer, ds)
-    body = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def command_set(**elements: object) -> bytes:
+    """A DIMSE command set as PS3.7 encodes it: implicit VR little endian, led by its group length."""
+    body = command_elements(**elements)
     return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
 
 

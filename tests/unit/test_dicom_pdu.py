@@ -8,21 +8,24 @@ from io import BytesIO
 import pytest
 from pydicom.filereader import read_dataset
 from pynetdicom.pdu import A_ASSOCIATE_AC
-from pynetdicom.presentation import build_context
 
 from integrations.dicom import pdu
 from integrations.dicom.association import is_acceptable_abstract_syntax, negotiate_context
 from integrations.dicom.dimse_command import C_STORE_RQ, CommandError, decode_command, encode_response
-from tests.dicom_pdu_support import command_set, pynetdicom_associate_rq
+from tests.security.dicom_wire import associate_rq
+from tests.security.dicom_wire import command_elements as command_set
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
+VERIFICATION = "1.2.840.10008.1.1"
+# What pynetdicom's build_context proposes when not told (implicit, explicit, deflated, big endian).
+PYNETDICOM_DEFAULT_SYNTAXES = [IMPLICIT_LE, EXPLICIT_LE, "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"]
 
 
 def test_parses_an_associate_request_encoded_by_pynetdicom() -> None:
-    raw = pynetdicom_associate_rq(
-        [build_context(CT, [EXPLICIT_LE, IMPLICIT_LE]), build_context("1.2.840.10008.1.1")]
+    raw = associate_rq(
+        [(CT, [EXPLICIT_LE, IMPLICIT_LE]), (VERIFICATION, PYNETDICOM_DEFAULT_SYNTAXES)], calling="PACS"
     )
     pdu_type, length = pdu.read_header(raw[:6])
     request = pdu.parse_associate_rq(raw[6:])

@@ -19,7 +19,6 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydicom.filereader import read_dataset
-from pynetdicom.presentation import build_context
 
 from integrations.dicom import pdu
 from integrations.dicom.association import negotiate_context, rejection_for
@@ -31,8 +30,9 @@ from integrations.dicom.dimse_command import (
     decode_command,
     encode_response,
 )
-from tests.dicom_pdu_support import command_set, pynetdicom_associate_rq
 from tests.security.byte_mutations import Seed, mutated
+from tests.security.dicom_wire import associate_rq
+from tests.security.dicom_wire import command_elements as command_set
 
 FUZZ = settings(
     max_examples=400,
@@ -48,14 +48,17 @@ ACCEPTOR = DicomConfig(spool_dir=Path("spool-unused"), port=0)
 def associate_rq_body() -> bytes:
     """An A-ASSOCIATE-RQ body (after the 6-byte header) as pynetdicom encodes it."""
     contexts = [
-        build_context(CT, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]),
-        build_context("1.2.840.10008.1.1"),
+        (CT, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]),
+        (
+            "1.2.840.10008.1.1",
+            ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"],
+        ),
         # Refused contexts too: the AC echoes their first transfer syntax (PS3.8 9.3.3.2).
-        build_context("1.3.6.1.4.1.99999.1.1", ["1.2.3.999"]),
-        build_context("1.2.840.10008.5.1.4.1.2.1.1", ["1.2.840.10008.1.2.1"]),  # Q/R FIND: not storage
-        build_context(CT, ["1.2.840.10008.1.2.4.999", "1.2.3.4.5.6.7.8"]),
+        ("1.3.6.1.4.1.99999.1.1", ["1.2.3.999"]),
+        ("1.2.840.10008.5.1.4.1.2.1.1", ["1.2.840.10008.1.2.1"]),  # Q/R FIND: not storage
+        (CT, ["1.2.840.10008.1.2.4.999", "1.2.3.4.5.6.7.8"]),
     ]
-    return pynetdicom_associate_rq(contexts)[6:]
+    return associate_rq(contexts, calling="PACS")[6:]
 
 
 ASSOCIATE_RQ = associate_rq_body()
