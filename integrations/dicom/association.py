@@ -163,11 +163,13 @@ class StoreAssociation:
     # --- I/O -----------------------------------------------------------------------------------------
 
     def _recv_exact(self, count: int) -> memoryview:
-        buffer = bytearray(count)
-        view = memoryview(buffer)
+        return self._recv_into(memoryview(bytearray(count)))
+
+    def _recv_into(self, view: memoryview) -> memoryview:
+        """Fill `view` from the socket, however many reads it takes."""
         received = 0
-        while received < count:
-            n = self.sock.recv_into(view[received:], count - received)
+        while received < len(view):
+            n = self.sock.recv_into(view[received:], len(view) - received)
             if n == 0:
                 raise AssociationAborted("connection closed")
             received += n
@@ -185,14 +187,7 @@ class StoreAssociation:
 
     def _recv_chunk(self, count: int) -> memoryview:
         """The next `count` bytes (at most `_DATA_CHUNK`), in a buffer reused by the next call."""
-        view = self._chunk[:count]
-        received = 0
-        while received < count:
-            n = self.sock.recv_into(view[received:], count - received)
-            if n == 0:
-                raise AssociationAborted("connection closed")
-            received += n
-        return view
+        return self._recv_into(self._chunk[:count])
 
     def _send(self, data: bytes) -> None:
         self.sock.sendall(data)

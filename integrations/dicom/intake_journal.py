@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from integrations.dicom.spool import fsync_path
+
 LOG = logging.getLogger(__name__)
 JOURNAL_DIR = "journal"
 _SUFFIX = ".jsonl"
@@ -99,7 +101,7 @@ class IntakeJournal:
             os.close(fd)
             raise
         if self._fsync:
-            _fsync_directory(self.directory)  # the new name must survive a power cut with its lines
+            fsync_path(self.directory)  # the new name must survive a power cut with its lines
         return _JournalFile(path, fd)
 
     def append(
@@ -243,11 +245,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -161,7 +161,7 @@ class Spool:
         if self.key is not None:
             return self._seal_file(temp_path, relative, digest, size)
         if self.fsync and written is None:
-            _fsync_path(temp_path)
+            fsync_path(temp_path)
         try:
             self._move_into_place(temp_path, target)
         except OSError as exc:
@@ -321,7 +321,7 @@ class Spool:
         """
         os.replace(temp, target)
         if self.fsync:
-            _fsync_directory(target.parent)
+            fsync_path(target.parent)
 
     def _object_path(self, digest: str) -> tuple[str, Path]:
         # One level of 256 directories: a second level (65,536) cost a directory creation per instance
@@ -333,7 +333,7 @@ class Spool:
             if not target.parent.is_dir():
                 target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 if self.fsync:
-                    _fsync_directory(self.objects_dir)  # the new directory's own entry
+                    fsync_path(self.objects_dir)  # the new directory's own entry
             self._made_dirs.add(target.parent)
         return relative, target
 
@@ -426,16 +426,9 @@ def _hash_file(path: Path) -> tuple[str, int]:
     return hasher.hexdigest(), size
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes the names in it durable)."""
     fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
