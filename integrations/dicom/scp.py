@@ -9,9 +9,10 @@ Association policy: the host allow-list closes the TCP connection before any PDU
 check, calling AE allow-list and association limit answer with A-ASSOCIATE-RJ. TCP_NODELAY is set on
 every accepted socket; TLS (optionally mutual) wraps it before the first PDU.
 
-Start-up order: sweep interrupted spool writes, replay the intake journals of dead dicom processes
-(`intake_replay`), start the indexer thread, then listen. Shutdown: stop listening, abort open
-associations, let the indexer commit what was acknowledged, then write the pending receipts.
+Start-up order: sweep interrupted spool writes, make the spool's shard directories, replay the intake
+journals of dead dicom processes (`intake_replay`), start the indexer thread, then listen. Shutdown: stop
+listening, abort open associations, let the indexer commit what was acknowledged, then write the pending
+receipts.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class StorageScp:
         swept = self.spool.sweep_tmp()
         if swept:
             LOG.info("removed %d interrupted spool writes", swept)
+        self.spool.make_shard_directories()
         self.spool.start_ready_files()
         replay_orphaned_journals(
             self.spool, self.writer, self.batcher, batch_max=self.config.intake_batch_max

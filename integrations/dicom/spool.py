@@ -139,6 +139,24 @@ class Spool:
             self._ready = ReadyFiles(self.ready_dir, depth)
             self._ready.start()
 
+    def make_shard_directories(self) -> None:
+        """Create all 256 `objects/xx/` directories now, before the SCP listens.
+
+        Otherwise the first few hundred instances after a new spool each create one, and creating a
+        directory cost 0.5-1.5 ms on this VM's ext4 after deletions: in the CT benchmark, on a fresh
+        spool, that was a quarter of the receiving process's CPU.
+        """
+        made = False
+        for number in range(256):
+            shard = self.objects_dir / f"{number:02x}"
+            if shard not in self._made_dirs:
+                if not shard.is_dir():
+                    shard.mkdir(exist_ok=True, mode=0o700)
+                    made = True
+                self._made_dirs.add(shard)
+        if made and self.fsync:
+            fsync_path(self.objects_dir)
+
     def stop_ready_files(self) -> None:
         ready, self._ready = self._ready, None
         if ready is not None:
@@ -276,7 +294,7 @@ class Spool:
         """
         found = [path for path in self.tmp_dir.iterdir() if path.is_file()]
         if self.ready_dir.is_dir():
-            found += [path for path in self.ready_dir.glob("*/*") if path.is_file() and path.stat().st_size]
+            found += [path for path in self.ready_dir.rglob("*.part") if path.stat().st_size]
         return found
 
     def sweep_tmp(self) -> int:

@@ -66,3 +66,18 @@ def test_without_fsync_nothing_is_synced(tmp_path: Path, synced: list[str]) -> N
     spool = Spool(tmp_path / "spool", fsync=False)
     spool.write_stream([b"page cache only"])
     assert synced == []
+
+
+def test_shard_directories_made_ahead_are_synced_once_and_not_made_again(
+    tmp_path: Path, synced: list[str]
+) -> None:
+    spool = Spool(tmp_path / "spool", fsync=True)
+    spool.make_shard_directories()
+    shards = sorted(path.name for path in spool.objects_dir.iterdir())
+    assert shards == [f"{number:02x}" for number in range(256)]
+    assert synced == ["dir:objects"]  # one sync for the 256 new entries
+    synced.clear()
+    placed = spool.write_stream([b"\0" * 128 + b"DICM"])
+    assert synced == ["file", f"dir:{Path(placed.relative_path).parent.name}"]  # no directory made
+    Spool(tmp_path / "spool", fsync=True).make_shard_directories()  # a restart: nothing to make or sync
+    assert synced == ["file", f"dir:{Path(placed.relative_path).parent.name}"]
