@@ -12,10 +12,14 @@ from integrations.dicom.ready_files import ReadyFiles
 from integrations.dicom.spool import Spool
 
 
+def _files_under(directory: Path) -> list[Path]:
+    return sorted(path for path in directory.rglob("*") if path.is_file())
+
+
 def _wait_for_files(directory: Path, count: int) -> list[Path]:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        found = sorted(directory.iterdir())
+        found = _files_under(directory)
         if len(found) >= count:
             return found
         time.sleep(0.01)
@@ -29,7 +33,8 @@ def test_files_are_made_ahead_taken_once_and_the_rest_removed_at_close(tmp_path:
     while not ready._ready.full():  # three made ahead and in line
         assert time.monotonic() < deadline, "the files were never made ahead"
         time.sleep(0.01)
-    waiting = set(ready.directory.iterdir())
+    waiting = set(ready.files())
+    assert len({path.parent for path in waiting}) == len(waiting)  # each in its own slot directory
     taken = [ready.take() for _ in range(5)]  # three made ahead, then refilled or made on the spot
     paths = [path for path, _ in taken]
     assert len(set(paths)) == 5
@@ -40,7 +45,7 @@ def test_files_are_made_ahead_taken_once_and_the_rest_removed_at_close(tmp_path:
         assert path.read_bytes() == b"DICM"
     _wait_for_files(ready.directory, 5 + 3)  # refilled behind the takes
     ready.close()
-    assert sorted(ready.directory.iterdir()) == sorted(paths)  # only the taken ones stay
+    assert _files_under(ready.directory) == sorted(paths)  # only the taken ones stay
 
 
 def test_a_file_swept_while_it_waited_is_replaced(tmp_path: Path) -> None:
@@ -65,7 +70,7 @@ def test_spool_takes_ready_files_and_sweeps_their_leftovers(tmp_path: Path) -> N
     own = _process_dir(spool)
     _wait_for_files(own, 2)
     incoming = spool.incoming()
-    assert incoming.path.parent == own
+    assert incoming.path.parent.parent == own
     incoming.write(b"\0" * 128 + b"DICM")
     spooled = spool.adopt(incoming.path, incoming.finish())
     assert (spool.root / spooled.relative_path).read_bytes().endswith(b"DICM")
@@ -90,7 +95,7 @@ def test_a_sweep_keeps_a_live_process_files_and_removes_a_dead_one(tmp_path: Pat
 
     starting = Spool(tmp_path / "spool", fsync=False)
     assert starting.sweep_tmp() == 0
-    assert writing.path.exists() and len(list(live_dir.iterdir())) >= 2
+    assert writing.path.exists() and len(_files_under(live_dir)) >= 2
     assert starting.unfinished_writes() == [writing.path]
 
     # The live one dies without cleaning up: its lock is released by the kernel, its files stay.
@@ -100,10 +105,21 @@ def test_a_sweep_keeps_a_live_process_files_and_removes_a_dead_one(tmp_path: Pat
     os.close(ready._lock_fd)
     ready._lock_fd = -1
     time.sleep(0.3)  # the fill thread notices the stop
-    left = [path for path in live_dir.iterdir()]
+    left = _files_under(live_dir)
     assert starting.sweep_tmp() == len(left)
     assert not any(starting.ready_dir.iterdir())
     writing.discard()
+
+
+def test_the_file_taken_is_not_in_the_directory_being_filled(tmp_path: Path) -> None:
+    """Creating a file locks its directory; the receiver's rename out of it must not wait on that."""
+    ready = ReadyFiles(tmp_path / "ready", depth=4)
+    made = [ready.create() for _ in range(6)]
+    for _, out in made:
+        out.close()
+    parents = [path.parent for path, _ in made]
+    assert len(set(parents)) == 6 and all(parent.parent == ready.directory for parent in parents)
+    ready.close()
 
 
 def test_depth_must_be_positive(tmp_path: Path) -> None:
