@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,26 @@ def rejection_for(request: pdu.AssociateRequest, config: DicomConfig) -> tuple[i
     return None
 
 
+def apply_network_timeout(sock: socket.socket, timeout_s: float) -> int:
+    """Bound every read and write by `timeout_s`; returns the flags for `recv_into`.
+
+    A plain TCP socket gets the timeout from the kernel (SO_RCVTIMEO / SO_SNDTIMEO) and stays blocking:
+    with a Python-level timeout every read is a poll() and then a recv(). Reads then use MSG_WAITALL, one
+    system call per piece instead of one per segment the kernel happens to hold. A TLS socket keeps the
+    Python timeout (its reads take no flags). Either way an expired timeout raises an OSError.
+    """
+    if isinstance(sock, ssl.SSLSocket):
+        sock.settimeout(timeout_s)
+        return 0
+    # A zero interval would mean "no timeout" to the kernel: round up to at least a microsecond.
+    seconds, microseconds = divmod(max(1, round(timeout_s * 1_000_000)), 1_000_000)
+    interval = struct.pack("@ll", seconds, microseconds)
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
+    return socket.MSG_WAITALL
+
+
 class AssociationAborted(Exception):
     """The peer aborted, or closed the connection without releasing."""
 
@@ -125,10 +147,11 @@ class StoreAssociation:
         self._command = bytearray()
         self._pending: _PendingStore | None = None
         self._chunk = memoryview(bytearray(_DATA_CHUNK))
+        self._recv_flags = 0
 
     def run(self) -> None:
         try:
-            self.sock.settimeout(self.config.network_timeout_s)
+            self._recv_flags = apply_network_timeout(self.sock, self.config.network_timeout_s)
             if self._negotiate():
                 self._serve()
         except (pdu.PduError, CommandError) as exc:
@@ -169,7 +192,7 @@ class StoreAssociation:
         """Fill `view` from the socket, however many reads it takes."""
         received = 0
         while received < len(view):
-            n = self.sock.recv_into(view[received:], len(view) - received)
+            n = self.sock.recv_into(view[received:], len(view) - received, self._recv_flags)
             if n == 0:
                 raise AssociationAborted("connection closed")
             received += n

@@ -3,8 +3,11 @@ several called AE titles, and per-context negotiation. pynetdicom (and dcmtk) ar
 
 from __future__ import annotations
 
+import socket
 import ssl
+import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import select
 
+from integrations.dicom import pdu
 from integrations.dicom.config import DicomConfig
 from integrations.dicom.scp import StorageScp
 from integrations.dicom.synthetic import make_image
 from integrations.store.models import Instance
+from tests.security import dicom_wire
 from tests.tls_support import self_signed_certificate
 
 
@@ -142,5 +147,41 @@ def test_storage_accepted_and_query_refused_per_context(tmp_path: Path, store: D
         assert rejected == {str(PatientRootQueryRetrieveInformationModelFind)}
         assert assoc.send_c_echo().Status == 0x0000
         assoc.release()
+    finally:
+        scp.stop()
+
+
+def test_a_peer_that_stalls_mid_data_set_is_dropped_after_the_network_timeout(
+    tmp_path: Path, store: DicomStore
+) -> None:
+    """The timeout holds on every read, including the streamed data set: the half-written instance is
+    discarded, the association slot is freed and the SCP keeps serving."""
+    scp = start(tmp_path, store, network_timeout_s=0.5, max_associations=1)
+    try:
+        sop_instance = generate_uid()
+        with socket.create_connection(("127.0.0.1", scp.port), timeout=30) as sock:
+            sock.sendall(dicom_wire.associate_rq([(str(CTImageStorage), [str(ExplicitVRLittleEndian)])]))
+            assert sock.recv(1)[0] == pdu.A_ASSOCIATE_AC
+            sock.recv(65536)
+            sock.sendall(dicom_wire.p_data(1, dicom_wire.c_store_rq(str(CTImageStorage), sop_instance),
+                                           is_command=True))  # fmt: skip
+            # One data-set PDV announcing 64 KB, of which 1 KB arrives; then nothing.
+            sock.sendall(struct.pack(">BxLLBB", pdu.P_DATA_TF, 65536 + 6, 65536 + 2, 1, 0x02) + bytes(1024))
+            started = time.monotonic()
+            while sock.recv(65536):  # an A-ABORT may come first; then the SCP closes
+                pass
+            assert time.monotonic() - started < 20
+        deadline = time.monotonic() + 10
+        while scp.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scp.active_associations == 0
+        assert scp.spool.unfinished_writes() == []
+        assoc = scu().associate("127.0.0.1", scp.port, ae_title="VERITRACE")  # the one slot is free again
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+        with store.sessions() as session:
+            stored = session.scalars(select(Instance).where(Instance.sop_instance_uid == sop_instance))
+            assert stored.all() == []
     finally:
         scp.stop()
