@@ -87,11 +87,13 @@ class _PurgeClock:
 
     def __init__(self, purge_every_s: float) -> None:
         self.purge_every_s = purge_every_s
-        self._last = 0.0
+        # None, not 0.0: the monotonic clock starts near zero at boot, so a process started within
+        # `purge_every_s` of boot would otherwise skip its first purge.
+        self._last: float | None = None
 
     def due(self) -> bool:
         tick = time.monotonic()
-        if tick - self._last < self.purge_every_s:
+        if self._last is not None and tick - self._last < self.purge_every_s:
             return False
         self._last = tick
         return True
