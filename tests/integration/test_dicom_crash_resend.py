@@ -100,7 +100,7 @@ def index_rows(settings: Settings) -> list[Instance]:
 def largest_part(spool_dir: Path) -> int:
     """The largest temp file being written (under tmp/, or a ready file the SCP took)."""
     sizes = []
-    for part in [*spool_dir.glob("tmp/*.part"), *spool_dir.glob("ready/*/*.part")]:
+    for part in [*spool_dir.glob("tmp/*.part"), *spool_dir.glob("ready/**/*.part")]:
         try:
             sizes.append(part.stat().st_size)
         except FileNotFoundError:  # finished and renamed between listing and stat
