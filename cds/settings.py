@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     dicom_tls_cert_file: Path | None = None
     dicom_tls_key_file: Path | None = None
     dicom_tls_ca_file: Path | None = None
+    # Sync each received file, its directory entry and its intake-journal line before Success (a power
+    # cut then loses nothing acknowledged). Off only on storage whose write cache survives power loss.
+    dicom_fsync: bool = True
+    dicom_network_timeout_s: float = Field(default=60.0, gt=0)
+    dicom_intake_queue_capacity: int = Field(default=1000, ge=1)
+    dicom_intake_batch_max: int = Field(default=200, ge=1)
     # Where draft SRs go back to (the PACS); unset disables SR export.
     sr_destination_ae: str | None = None
     sr_destination_host: str | None = None
@@ -182,6 +188,10 @@ class Settings(BaseSettings):
             tls_cert_file=self.dicom_tls_cert_file,
             tls_key_file=self.dicom_tls_key_file,
             tls_ca_file=self.dicom_tls_ca_file,
+            fsync=self.dicom_fsync,
+            network_timeout_s=self.dicom_network_timeout_s,
+            intake_queue_capacity=self.dicom_intake_queue_capacity,
+            intake_batch_max=self.dicom_intake_batch_max,
             sr_destination=self._sr_destination(),
             spool_key_file=self.spool_key_file,
         )

@@ -21,6 +21,9 @@ def test_embedded_defaults_live_under_home(tmp_path: Path, monkeypatch: pytest.M
     assert (settings.dicom_port, settings.dicom_ae_title, settings.stable_age) == (11112, "VERITRACE", 5.0)
     ledger = settings.ledger_config()
     assert ledger.key_dir == home / "keys"
+    dicom = settings.dicom_config()
+    assert (dicom.fsync, dicom.network_timeout_s) == (True, 60.0)  # durable unless an operator opts out
+    assert (dicom.intake_queue_capacity, dicom.intake_batch_max) == (1000, 200)
 
 
 def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,6 +36,10 @@ def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         "VERITRACE_DICOM_PORT": "11113",
         "VERITRACE_DICOM_AE_TITLE": "VT_CT",
         "VERITRACE_STABLE_AGE": "2.5",
+        "VERITRACE_DICOM_FSYNC": "false",
+        "VERITRACE_DICOM_NETWORK_TIMEOUT_S": "15",
+        "VERITRACE_DICOM_INTAKE_QUEUE_CAPACITY": "50",
+        "VERITRACE_DICOM_INTAKE_BATCH_MAX": "10",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -43,10 +50,22 @@ def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert settings.model_settings().path == tmp_path / "lingshu"
     dicom = settings.dicom_config()
     assert (dicom.port, dicom.ae_title, dicom.stable_age_s) == (11113, "VT_CT", 2.5)
+    assert (dicom.fsync, dicom.network_timeout_s) == (False, 15.0)
+    assert (dicom.intake_queue_capacity, dicom.intake_batch_max) == (50, 10)
     assert settings.api_port == 9090
 
 
 def test_bad_value_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VERITRACE_API_PORT", "not-a-port")
     with pytest.raises(ValueError, match="api_port"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("VERITRACE_DICOM_NETWORK_TIMEOUT_S", "0"), ("VERITRACE_DICOM_INTAKE_QUEUE_CAPACITY", "0")],
+)
+def test_dicom_limits_must_be_positive(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name.removeprefix("VERITRACE_").lower()):
         Settings()
