@@ -10,31 +10,29 @@ whole inode allocation, which on ext4 without a journal, after many deletions, r
 receiving thread's rename out of that same directory waited for it (6% of the process's CPU, spinning).
 The file taken now was made several creations ago, in another slot than the one being filled.
 
-Each process keeps its files in its own directory, `<spool>/ready/<token>/<slot>/`, and holds an
-exclusive `flock` on `<spool>/ready/<token>.lock` while it lives. Several dicom processes may share a
-spool: a start-up sweep (`sweep_orphaned`) removes only the directories whose lock is free, so it never
-takes a file another live process is writing into. Taken files leave the directory when renamed into the
-spool; `close` removes the rest at shutdown. A file that disappears while it waits anyway is noticed when
-taken (no links left) and replaced.
+Each process keeps its files in a directory it owns, `<spool>/ready/<token>/<slot>/` (`owned_dirs`), so
+a start-up sweep by another dicom process on the same spool never takes a file this one is writing
+into. Taken files leave the directory when renamed into the spool; `close` removes the rest at
+shutdown. A file that disappears while it waits anyway is noticed when taken (no links left) and
+replaced.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import logging
 import os
 import queue
-import shutil
 import threading
 import uuid
 from pathlib import Path
 from typing import BinaryIO
 
+from integrations.dicom.owned_dirs import OwnedDirectory
+
 LOG = logging.getLogger(__name__)
 _RETRY_AFTER_ERROR_S = 0.5
-_LOCK_SUFFIX = ".lock"
 # More slots than files waiting (depth 4 by default) plus the one being made.
 _SLOTS = 8
 
@@ -45,10 +43,8 @@ class ReadyFiles:
     def __init__(self, parent: Path, depth: int = 4) -> None:
         if depth < 1:
             raise ValueError("depth must be at least 1")
-        parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock_path, self._lock_fd = _hold_new_lock(parent)
-        self.directory = parent / self._lock_path.name.removesuffix(_LOCK_SUFFIX)
-        self.directory.mkdir(mode=0o700)
+        self._owned = OwnedDirectory(parent)
+        self.directory = self._owned.directory
         self._slots = [self.directory / str(number) for number in range(max(_SLOTS, depth + 2))]
         for slot in self._slots:
             slot.mkdir(mode=0o700)
@@ -93,18 +89,7 @@ class ReadyFiles:
             except queue.Empty:
                 break
             _discard(path, out)
-        if self._lock_fd < 0:
-            return
-        try:
-            for slot in self._slots:
-                slot.rmdir()
-            self.directory.rmdir()
-        except OSError:
-            pass  # a taken file is still there: leave the lock file, free, for the next sweep
-        else:
-            self._lock_path.unlink(missing_ok=True)
-        os.close(self._lock_fd)
-        self._lock_fd = -1
+        self._owned.release()  # a taken file still there stays, unlocked, for the next sweep
 
     def _fill(self) -> None:
         while not self._stop.is_set():
@@ -123,53 +108,6 @@ class ReadyFiles:
                     break
                 except queue.Full:
                     continue
-
-
-def _hold_new_lock(parent: Path) -> tuple[Path, int]:
-    """A new lock file under `parent`, held. A sweep that opened it between our create and our flock
-    would have found it free and removed it; then the path no longer names our file and we start over."""
-    while True:
-        path = parent / f"{uuid.uuid4().hex}{_LOCK_SUFFIX}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                return path, fd
-        except OSError:
-            pass
-        os.close(fd)
-
-
-def sweep_orphaned(parent: Path) -> int:
-    """Remove the ready files of processes that are gone (their lock is free); returns the files removed.
-
-    Loose files directly under `parent` (none are made there) are removed too.
-    """
-    if not parent.is_dir():
-        return 0
-    removed = 0
-    for entry in parent.iterdir():
-        if entry.is_file() and entry.suffix != _LOCK_SUFFIX:
-            entry.unlink(missing_ok=True)
-            removed += 1
-    for lock_path in parent.glob(f"*{_LOCK_SUFFIX}"):
-        try:
-            fd = os.open(lock_path, os.O_RDWR)
-        except FileNotFoundError:  # its owner closed in the meantime
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live process's files
-            directory = parent / lock_path.name.removesuffix(_LOCK_SUFFIX)
-            if directory.is_dir():
-                removed += sum(1 for path in directory.rglob("*") if not path.is_dir())
-                shutil.rmtree(directory)
-            lock_path.unlink(missing_ok=True)
-        finally:
-            os.close(fd)
-    return removed
 
 
 def _discard(path: Path, out: BinaryIO) -> None:

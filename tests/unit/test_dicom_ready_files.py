@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -102,8 +101,7 @@ def test_a_sweep_keeps_a_live_process_files_and_removes_a_dead_one(tmp_path: Pat
     ready = live._ready
     assert ready is not None
     ready._stop.set()
-    os.close(ready._lock_fd)
-    ready._lock_fd = -1
+    ready._owned.release(remove=False)  # as a kill would: the lock drops, the files stay
     time.sleep(0.3)  # the fill thread notices the stop
     left = _files_under(live_dir)
     assert starting.sweep_tmp() == len(left)
