@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,7 +139,7 @@ def _read_header(spool: Spool, relative_path: str) -> InstanceHeader:
     if not spool.is_encrypted(relative_path):
         return read_instance_header(spool.absolute(relative_path))
     # The header reader maps a plaintext file: unseal into tmp/ (same 0700 directory as incoming data).
-    plaintext = spool.tmp_dir / f"{uuid.uuid4().hex}.replay"
+    plaintext = spool.scratch_path(".replay")
     try:
         with spool.open_plaintext(relative_path) as source, plaintext.open("wb") as out:
             shutil.copyfileobj(source, out)

@@ -186,3 +186,4 @@ class StorageScp:
         self.indexer.stop()
         self.batcher.flush_all()
         self.spool.stop_ready_files()
+        self.spool.release_scratch()

@@ -3,8 +3,8 @@
 Why content addressing: file names must never come from raw UIDs (they are attacker-controlled and may
 carry PHI-like structure), a duplicate with the same bytes lands on the same path (so no second copy), and
 a different version of the same SOP Instance UID gets its own path (so both are kept). Files are hashed
-while written, fsynced, then renamed into place; a crash leaves at most stray files under `tmp/` (and
-a dead SCP's files under `ready/<token>/`), which `sweep_tmp` removes at start-up. Files under
+while written, fsynced, then renamed into place; a crash leaves at most stray files in the dead
+process's own directories under `tmp/` and `ready/`, which `sweep_tmp` removes at start-up. Files under
 `objects/` are deleted only by the retention purge (`integrations/ops/retention.py`), which first marks
 their index rows (`purged_marker`).
 
@@ -25,13 +25,16 @@ import io
 import logging
 import os
 import shutil
+import threading
 import uuid
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
-from integrations.dicom.ready_files import ReadyFiles, sweep_orphaned
+from integrations.dicom.owned_dirs import LOCK_SUFFIX, OwnedDirectory, sweep_orphaned
+from integrations.dicom.ready_files import ReadyFiles
 from integrations.dicom.spool_cipher import (
     HEADER_SIZE,
     SealingWriter,
@@ -111,6 +114,9 @@ class Spool:
         # Empty temp files made ahead for the SCP (`start_ready_files`); None: made when needed.
         self.ready_dir = self.root / "ready"
         self._ready: ReadyFiles | None = None
+        # This process's own directory under tmp/ for writes in progress, made at the first write.
+        self._scratch: OwnedDirectory | None = None
+        self._scratch_lock = threading.Lock()
         self._made_dirs: set[Path] = set()
         for path in (self.root, self.objects_dir, self.tmp_dir):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -131,7 +137,27 @@ class Spool:
         if self._ready is not None:
             path, out = self._ready.take()
             return IncomingFile(path, fsync=self.fsync, out=out)
-        return IncomingFile(self.tmp_dir / f"{uuid.uuid4().hex}.part", fsync=self.fsync)
+        return IncomingFile(self.scratch_path(), fsync=self.fsync)
+
+    def scratch_path(self, suffix: str = ".part") -> Path:
+        """A fresh path for a write in progress, in this process's own directory under `tmp/`.
+
+        Owned (`owned_dirs`) so that another process starting on this spool sweeps only what crashed
+        processes left: a STOW-RS upload being written by the API survives a dicom process's start.
+        """
+        with self._scratch_lock:
+            if self._scratch is None or not self._scratch.held:
+                self._scratch = OwnedDirectory(self.tmp_dir)
+                weakref.finalize(self, self._scratch.release)
+            directory = self._scratch.directory
+        return directory / f"{uuid.uuid4().hex}{suffix}"
+
+    def release_scratch(self) -> None:
+        """Give up this process's `tmp/` directory (removed when empty); the next write makes a new one."""
+        with self._scratch_lock:
+            scratch, self._scratch = self._scratch, None
+        if scratch is not None:
+            scratch.release()
 
     def start_ready_files(self, depth: int = 4) -> None:
         """Keep `depth` empty temp files open ahead of `incoming` (the SCP's hot path; see ready_files)."""
@@ -265,7 +291,7 @@ class Spool:
         return spooled
 
     def _write_sealed(self, chunks: Iterable[bytes]) -> SpooledFile:
-        temp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        temp = self.scratch_path()
         assert self.key is not None
         hasher = hashlib.sha256()
         size = 0
@@ -288,11 +314,10 @@ class Spool:
             temp.unlink(missing_ok=True)
 
     def unfinished_writes(self) -> list[Path]:
-        """Files of writes that did not finish: anything under `tmp/`, and ready files written to.
-
-        Empty files under `ready/` are the SCP's files made ahead, not interrupted writes.
+        """Files of writes that did not finish: any file under `tmp/` but the owners' locks, and ready
+        files written to. Empty files under `ready/` are the SCP's files made ahead, not writes.
         """
-        found = [path for path in self.tmp_dir.iterdir() if path.is_file()]
+        found = [path for path in self.tmp_dir.rglob("*") if path.is_file() and path.suffix != LOCK_SUFFIX]
         if self.ready_dir.is_dir():
             found += [path for path in self.ready_dir.rglob("*.part") if path.stat().st_size]
         return found
@@ -300,18 +325,13 @@ class Spool:
     def sweep_tmp(self) -> int:
         """Remove leftovers of writes interrupted by a crash; returns how many were removed.
 
-        Under `ready/` only the files of processes that are gone; a live dicom process sharing the spool
-        keeps its own (see `ready_files`).
+        Under `tmp/` and `ready/` only the files of processes that are gone: a live process sharing the
+        spool keeps its own (see `owned_dirs`). Loose files directly under `tmp/` are always removed.
         """
-        removed = 0
-        for leftover in self.tmp_dir.iterdir():
-            if leftover.is_file():
-                leftover.unlink(missing_ok=True)
-                removed += 1
-        return removed + sweep_orphaned(self.ready_dir)
+        return sweep_orphaned(self.tmp_dir) + sweep_orphaned(self.ready_dir)
 
     def _write_from(self, chunks: Iterable[bytes]) -> SpooledFile:
-        temp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        temp = self.scratch_path()
         hasher = hashlib.sha256()
         size = 0
         try:

@@ -59,10 +59,11 @@ class _Part:
 
 
 class _PartsToFiles:
-    """Callbacks for python-multipart that spill each part into its own file under the spool's tmp/."""
+    """Callbacks for python-multipart that spill each part into its own file in the spool's scratch
+    directory (this process's own, under tmp/: a dicom process starting meanwhile leaves it alone)."""
 
-    def __init__(self, tmp_dir: Path, max_bytes: int) -> None:
-        self.tmp_dir, self.max_bytes = tmp_dir, max_bytes
+    def __init__(self, spool: Spool, max_bytes: int) -> None:
+        self.spool, self.max_bytes = spool, max_bytes
         self.parts: list[_Part] = []
         self._file: Any = None
         self._field = b""
@@ -83,9 +84,7 @@ class _PartsToFiles:
         setattr(self, name, getattr(self, name) + chunk)
 
     def _begin(self) -> None:
-        import uuid
-
-        part = _Part(path=self.tmp_dir / f"stow-{uuid.uuid4().hex}.part")
+        part = _Part(path=self.spool.scratch_path())
         self.parts.append(part)
         assert part.path is not None
         self._file = part.path.open("wb")
@@ -168,7 +167,7 @@ def make_stow_router(
             return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
         if not spool.has_room():
             return JSONResponse({"detail": "spool below free-space watermark"}, status_code=503)
-        sink = _PartsToFiles(spool.tmp_dir, max_request_bytes)
+        sink = _PartsToFiles(spool, max_request_bytes)
         parser = MultipartParser(boundary, sink.callbacks())  # type: ignore[arg-type]
         try:
             async for chunk in request.stream():

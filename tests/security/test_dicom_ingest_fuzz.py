@@ -137,7 +137,7 @@ def assert_index_consistent(store: DicomStore, spool: Spool) -> int:
         path = spool.absolute(instance.spool_path)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == instance.sha256
     assert files_under(spool.objects_dir) == {spool.absolute(i.spool_path) for i in instances}
-    assert not files_under(spool.tmp_dir)
+    assert not spool.unfinished_writes()
     return len(instances)
 
 
@@ -184,14 +184,14 @@ def test_receiver_answers_mutated_instances_with_a_store_status(tmp_path: Path, 
         )
         statuses.append(result.status)
         assert result.status in STORE_STATUSES, (hex(result.status), result.reason)
-        left = files_under(spool.tmp_dir)
+        left = spool.unfinished_writes()
         if result.status == STATUS_SUCCESS:
             assert not left  # moved into the spool
             assert indexer.wait_idle(60)  # the row follows the acknowledgement on the indexer thread
             with store.sessions() as session:
                 assert session.scalar(select(func.count(Instance.id)).where(Instance.sha256 == result.sha256))
         else:
-            assert left == {written.path}  # only the temp file its caller deletes
+            assert left == [written.path]  # only the temp file its caller deletes
             assert files_under(spool.objects_dir) == objects_before
             with store.sessions() as session:
                 assert session.scalar(select(func.count(Instance.id))) == rows_before

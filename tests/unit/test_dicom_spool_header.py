@@ -95,3 +95,29 @@ def test_missing_study_uid_is_unreadable(tmp_path: Path) -> None:
     path = write_part10(ds, tmp_path / "m.dcm")
     with pytest.raises(UnreadableDataset, match="StudyInstanceUID"):
         read_instance_header(path)
+
+
+def test_a_write_in_progress_survives_another_process_sweep_and_a_dead_one_does_not(tmp_path: Path) -> None:
+    """An API process streaming a STOW-RS part while a dicom process starts on the same spool."""
+    api = Spool(tmp_path / "spool", fsync=False)
+    in_progress = api.scratch_path()
+    in_progress.write_bytes(b"half a STOW-RS part")
+    dicom = Spool(tmp_path / "spool", fsync=False)
+    assert dicom.sweep_tmp() == 0
+    assert in_progress.read_bytes() == b"half a STOW-RS part"
+    assert dicom.unfinished_writes() == [in_progress]
+
+    scratch = api._scratch
+    assert scratch is not None
+    scratch.release(remove=False)  # as a kill would: the lock drops, the file stays
+    assert dicom.sweep_tmp() == 1
+    assert not in_progress.exists() and not any(api.tmp_dir.iterdir())
+    assert api.write_stream([b"after"]).size_bytes == 5  # the next write makes a new directory
+
+
+def test_scratch_directory_goes_when_released_empty(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    spool.write_stream([b"one"])
+    assert len([path for path in spool.tmp_dir.iterdir() if path.is_dir()]) == 1
+    spool.release_scratch()
+    assert not any(spool.tmp_dir.iterdir())
