@@ -90,15 +90,13 @@ def _hold_new_lock(parent: Path) -> tuple[Path, int]:
 
 
 def _remove_if_empty(directory: Path) -> bool:
-    """Remove `directory` if it holds no files (empty subdirectories go too); False if anything stays."""
+    """Remove `directory` and its empty subdirectories; False (it stays) if any file is left in it."""
     try:
-        if any(not path.is_dir() for path in directory.rglob("*")):
-            return False
-        for sub in sorted(directory.rglob("*"), key=lambda path: len(path.parts), reverse=True):
-            sub.rmdir()
+        for sub in directory.iterdir():
+            sub.rmdir()  # a file, or a subdirectory still holding one, raises
         directory.rmdir()
     except FileNotFoundError:
-        return True
-    except OSError:  # a file appeared meanwhile
+        return not directory.exists()
+    except OSError:
         return False
     return True

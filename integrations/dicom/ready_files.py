@@ -57,10 +57,6 @@ class ReadyFiles:
         path = next(self._next_slot) / f"{uuid.uuid4().hex}.part"
         return path, path.open("xb")
 
-    def files(self) -> list[Path]:
-        """This process's files under `directory`: waiting ones and taken ones not yet renamed away."""
-        return sorted(path for slot in self._slots if slot.is_dir() for path in slot.iterdir())
-
     def start(self) -> None:
         if self._thread is None:
             self._stop.clear()

@@ -32,7 +32,7 @@ def test_files_are_made_ahead_taken_once_and_the_rest_removed_at_close(tmp_path:
     while not ready._ready.full():  # three made ahead and in line
         assert time.monotonic() < deadline, "the files were never made ahead"
         time.sleep(0.01)
-    waiting = set(ready.files())
+    waiting = set(_files_under(ready.directory))
     assert len({path.parent for path in waiting}) == len(waiting)  # each in its own slot directory
     taken = [ready.take() for _ in range(5)]  # three made ahead, then refilled or made on the spot
     paths = [path for path, _ in taken]
