@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -166,7 +165,8 @@ def test_a_peer_that_stalls_mid_data_set_is_dropped_after_the_network_timeout(
             sock.sendall(dicom_wire.p_data(1, dicom_wire.c_store_rq(str(CTImageStorage), sop_instance),
                                            is_command=True))  # fmt: skip
             # One data-set PDV announcing 64 KB, of which 1 KB arrives; then nothing.
-            sock.sendall(struct.pack(">BxLLBB", pdu.P_DATA_TF, 65536 + 6, 65536 + 2, 1, 0x02) + bytes(1024))
+            data_pdu = dicom_wire.p_data(1, bytes(65536), is_command=False, max_pdu=1 << 20)
+            sock.sendall(data_pdu[: 6 + pdu.PDV_HEADER_LENGTH + 1024])
             started = time.monotonic()
             while sock.recv(65536):  # an A-ABORT may come first; then the SCP closes
                 pass
